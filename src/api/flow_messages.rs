@@ -1,0 +1,385 @@
+//! `POST /v1/flow-messages`: parse once, resolve the bot, then dry-run or deliver.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::{HeaderMap, header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tower::ServiceExt;
+use tracing::Span;
+use utoipa::{IntoParams, ToSchema};
+
+use super::problem::{ApiError, Problem};
+use super::request_id::RequestId;
+use crate::app::AppState;
+use crate::delivery::{DeliveryFailure, FailureKind, Outbound};
+use crate::domain::strict_json::parse_object;
+use crate::domain::{FieldError, FlowAction, FlowMessage, FlowMode};
+use crate::jelou::build_outbound;
+
+/// The request body (documentation type: the handler parses it by hand so that every
+/// field error is reported at once).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "bot": "ventas",
+    "to": "+593 98 765 4321",
+    "title": "Hola",
+    "text": "Completa este flujo para comenzar",
+    "caption": "Jelou",
+    "flow": {"name": "flujo_de_bienvenida", "cta": "Iniciar Flujo", "screen": "RECOMMEND"}
+}))]
+pub struct FlowMessageRequest {
+    /// Bot alias configured on the relay; optional when the relay has one bot or a default.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
+    pub bot: Option<String>,
+    /// Recipient with country code. `+`, spaces, dashes, dots and parentheses are
+    /// stripped; 8 to 15 ASCII digits must remain, the first not 0.
+    #[schema(example = "+593 98 765 4321", min_length = 8, max_length = 64)]
+    pub to: String,
+    /// Header above the Flow button: 1 to 60 characters (Unicode code points), not blank.
+    #[schema(min_length = 1, max_length = 60)]
+    pub title: String,
+    /// Body text: 1 to 1024 characters, not blank.
+    #[schema(min_length = 1, max_length = 1024)]
+    pub text: String,
+    /// Footer text: 1 to 60 characters, not blank.
+    #[schema(min_length = 1, max_length = 60)]
+    pub caption: String,
+    pub flow: FlowRequest,
+    /// Passed to Jelou as `?type=`; Jelou's default flow type when omitted.
+    #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 64)]
+    pub flow_type: Option<String>,
+    /// Extra context Jelou caches and returns with the Flow reply (sent as `payload`).
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<Map<String, Value>>,
+}
+
+/// The Flow the button opens.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowRequest {
+    /// Slug of a Flow that exists in Jelou for this bot (`flow_name`).
+    #[schema(min_length = 1, max_length = 128)]
+    pub name: String,
+    /// Button text: 1 to 30 characters, no emoji (`flow_cta`).
+    #[schema(min_length = 1, max_length = 30)]
+    pub cta: String,
+    /// First screen of the Flow (`flow_action_payload.screen`).
+    #[schema(min_length = 1, max_length = 128)]
+    pub screen: Option<String>,
+    /// Initial data for the first screen; a non-empty object (`flow_action_payload.data`).
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Map<String, Value>>,
+    /// Opaque token echoed back with the Flow's answers (`flow_token`).
+    #[schema(min_length = 1, max_length = 1024)]
+    pub token: Option<String>,
+    pub mode: Option<FlowMode>,
+    /// `flow_action`.
+    pub action: Option<FlowAction>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SendParams {
+    /// Validate and show the request Jelou would receive, without sending it.
+    #[allow(dead_code)]
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SentStatus {
+    Sent,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidatedStatus {
+    Validated,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
+/// Jelou accepted the message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SentResponse {
+    pub status: SentStatus,
+    pub request_id: String,
+    /// The bot alias used.
+    pub bot: String,
+    /// The recipient's digits as sent to Jelou.
+    pub to: String,
+    /// Upstream attempts made (1 unless a provably unsent attempt was retried).
+    pub attempts: u32,
+    /// Present and true when the relay runs in sandbox mode: nothing was sent.
+    #[serde(skip_serializing_if = "is_false")]
+    pub sandbox: bool,
+    /// Jelou's JSON answer, as received.
+    pub upstream: Value,
+}
+
+/// `dry_run=true`: the message is valid; this is what Jelou would receive.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidatedResponse {
+    pub status: ValidatedStatus,
+    pub request_id: String,
+    pub bot: String,
+    pub to: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub sandbox: bool,
+    pub upstream_request: UpstreamRequestView,
+}
+
+/// The upstream request, with the Authorization header redacted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UpstreamRequestView {
+    pub method: String,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+}
+
+/// A 200 answer: sent, or validated on a dry run.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SendOutcome {
+    Sent(SentResponse),
+    Validated(ValidatedResponse),
+}
+
+/// Send a WhatsApp Flow message through Jelou.
+#[utoipa::path(
+    post,
+    path = "/v1/flow-messages",
+    tag = "flow-messages",
+    params(SendParams),
+    request_body(content = FlowMessageRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Sent (or validated, on a dry run)", body = SendOutcome),
+        (status = 400, description = "`malformed_json`: the body is not a JSON object", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 405, description = "`method_not_allowed`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`: Content-Type is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, `unknown_bot` or `upstream_rejected`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: Jelou asked to slow down; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "`upstream_unavailable` or `upstream_auth_failed`", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`deadline_exceeded`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn send_flow_message(
+    State(state): State<AppState>,
+    RequestId(request_id): RequestId,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match handle(state, &request_id, query.as_deref(), &headers, body).await {
+        Ok(response) => response,
+        Err(error) => {
+            log_failure(&error);
+            error.into_problem(&request_id).into_response()
+        }
+    }
+}
+
+async fn handle(
+    state: AppState,
+    request_id: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let dry_run = parse_query(query)?;
+    check_content_type(headers)?;
+    let bytes = read_body(body, headers, state.body_limit).await?;
+    let object = parse_object(&bytes).map_err(|e| ApiError::MalformedJson(e.0))?;
+
+    // The alias is looked up even when other fields fail, so every error comes at once.
+    let raw_alias = object.get("bot").and_then(Value::as_str).map(str::to_owned);
+    let parsed = FlowMessage::parse(object);
+    let bot = state.bots.resolve(raw_alias.as_deref());
+    let (message, bot) = match (parsed, bot) {
+        (Ok(message), Ok(bot)) => (message, bot),
+        (Ok(_), Err(lookup)) => {
+            return Err(ApiError::UnknownBot(vec![FieldError::new("bot", lookup.to_string())]));
+        }
+        (Err(mut errors), bot) => {
+            if let (Err(lookup), false) = (bot, errors.iter().any(|e| e.field == "bot")) {
+                errors.push(FieldError::new("bot", lookup.to_string()));
+            }
+            return Err(ApiError::Validation(errors));
+        }
+    };
+
+    let span = Span::current();
+    span.record("bot", bot.alias.as_str());
+    span.record("to", message.to.masked().as_str());
+
+    let outbound = build_outbound(&state.base_url, bot, &message, request_id.to_string());
+    if dry_run {
+        span.record("outcome", "validated");
+        return Ok(Json(SendOutcome::Validated(ValidatedResponse {
+            status: ValidatedStatus::Validated,
+            request_id: request_id.into(),
+            bot: outbound.bot.alias.clone(),
+            to: outbound.recipient.as_str().into(),
+            sandbox: state.sandbox,
+            upstream_request: view(&outbound),
+        }))
+        .into_response());
+    }
+
+    let alias = outbound.bot.alias.clone();
+    let to = outbound.recipient.as_str().to_string();
+    match state.delivery.clone().oneshot(outbound).await {
+        Ok(delivered) => {
+            span.record("outcome", "sent");
+            span.record("upstream_status", delivered.status);
+            span.record("attempts", delivered.attempts);
+            Ok(Json(SendOutcome::Sent(SentResponse {
+                status: SentStatus::Sent,
+                request_id: request_id.into(),
+                bot: alias,
+                to,
+                attempts: delivered.attempts,
+                sandbox: state.sandbox,
+                upstream: delivered.body,
+            }))
+            .into_response())
+        }
+        Err(failure) => Err(ApiError::Delivery(failure)),
+    }
+}
+
+/// Only `dry_run` is known; any other parameter is refused, since a misspelt
+/// `dry_run` would otherwise send a real message.
+fn parse_query(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut dry_run = false;
+    let mut errors = Vec::new();
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match (key.as_ref(), value.as_ref()) {
+            ("dry_run", "true" | "1" | "") => dry_run = true,
+            ("dry_run", "false" | "0") => dry_run = false,
+            ("dry_run", _) => errors.push(FieldError::new("query.dry_run", "must be true or false")),
+            (other, _) => errors.push(FieldError::new(
+                format!("query.{}", other.chars().take(64).collect::<String>()),
+                "is not a known query parameter (only dry_run is)",
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(dry_run)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+/// `application/json` or any `application/*+json`, parameters allowed.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let is_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(if value.is_empty() {
+            "Content-Type is missing; send application/json".into()
+        } else {
+            "Content-Type must be application/json".into()
+        }))
+    }
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let too_large = std::iter::successors(
+            Some(&error as &(dyn std::error::Error + 'static)),
+            |e| e.source(),
+        )
+        .any(|e| e.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::BodyReadFailed("the request body could not be read in full".into())
+        }
+    })
+}
+
+fn view(outbound: &Outbound) -> UpstreamRequestView {
+    let authorization = if outbound.bot.credentials.is_some() {
+        "Basic [REDACTED]"
+    } else {
+        "[none: no credentials configured for this bot]"
+    };
+    let headers = BTreeMap::from([
+        ("authorization".to_string(), authorization.to_string()),
+        ("content-type".to_string(), "application/json".to_string()),
+        ("x-request-id".to_string(), outbound.request_id.clone()),
+    ]);
+    UpstreamRequestView {
+        method: "POST".into(),
+        url: outbound.url.to_string(),
+        headers,
+        body: serde_json::from_slice(&outbound.body).unwrap_or(Value::Null),
+    }
+}
+
+fn log_failure(error: &ApiError) {
+    let span = Span::current();
+    match error {
+        ApiError::Delivery(DeliveryFailure {
+            kind,
+            delivery,
+            attempts,
+            upstream,
+            detail,
+            ..
+        }) => {
+            span.record("outcome", format!("{delivery:?}").to_lowercase().as_str());
+            span.record("attempts", attempts);
+            if let Some(upstream) = upstream {
+                span.record("upstream_status", upstream.status);
+            }
+            let code = upstream.as_ref().and_then(|u| u.code.as_deref()).unwrap_or("");
+            let description = upstream
+                .as_ref()
+                .and_then(|u| u.description.as_deref())
+                .unwrap_or("");
+            match kind {
+                FailureKind::AuthFailed => tracing::error!(
+                    upstream_code = code,
+                    upstream_description = description,
+                    "Jelou refused the relay's credentials or bot: fix the configuration"
+                ),
+                FailureKind::Rejected => {
+                    tracing::info!(upstream_code = code, upstream_description = description, "Jelou rejected the message")
+                }
+                _ => tracing::warn!(?kind, ?delivery, detail, "delivery failed"),
+            }
+        }
+        other => {
+            span.record("outcome", "refused");
+            tracing::info!(error = ?std::mem::discriminant(other), "request refused");
+        }
+    }
+}

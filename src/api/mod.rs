@@ -1,0 +1,10 @@
+//! Inbound HTTP: the routes, their request and response types, and problem+json errors.
+
+pub mod flow_messages;
+pub mod health;
+pub mod openapi;
+pub mod problem;
+pub mod request_id;
+
+pub use problem::{ApiError, Problem};
+pub use request_id::RequestId;

@@ -1,0 +1,204 @@
+//! RFC 9457 problem+json: every error the relay answers, and the one place that maps
+//! each to an HTTP status and a stable code.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::delivery::{DeliveryFailure, DeliveryState, FailureKind, UpstreamError};
+use crate::domain::FieldError;
+
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// An error answer. `delivery` says whether a retry could send the message twice.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type: `urn:jelou-relay:problem:{code}`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable code, e.g. `validation_failed`.
+    pub code: String,
+    pub request_id: String,
+    /// Every field error at once, for `validation_failed` and `unknown_bot`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// `not_sent`: safe to retry; `unknown`: the message may have been sent.
+    pub delivery: DeliveryState,
+    /// Whether sending the same request again is safe and may succeed.
+    pub retryable: bool,
+    /// Upstream attempts made, when the relay tried to deliver.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Jelou's answer, when Jelou gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamError>,
+    /// Seconds to wait before retrying, also sent as `Retry-After`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let retry_after = self.retry_after;
+        let mut response = (status, Json(self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// Everything that can go wrong, before it is given a request id and rendered.
+#[derive(Debug, Clone)]
+pub enum ApiError {
+    MalformedJson(String),
+    UnsupportedMediaType(String),
+    PayloadTooLarge { limit: usize },
+    BodyReadFailed(String),
+    Validation(Vec<FieldError>),
+    UnknownBot(Vec<FieldError>),
+    Delivery(DeliveryFailure),
+    NotFound,
+    MethodNotAllowed,
+    Internal,
+}
+
+impl ApiError {
+    /// Status, code, title and whether a plain retry is safe and useful.
+    fn describe(&self) -> (StatusCode, &'static str, &'static str, bool) {
+        use StatusCode as S;
+        match self {
+            ApiError::MalformedJson(_) => (S::BAD_REQUEST, "malformed_json", "Malformed JSON", false),
+            ApiError::UnsupportedMediaType(_) => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+                false,
+            ),
+            ApiError::PayloadTooLarge { .. } => {
+                (S::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large", false)
+            }
+            ApiError::BodyReadFailed(_) => {
+                (S::BAD_REQUEST, "body_read_failed", "Request body could not be read", true)
+            }
+            ApiError::Validation(_) => (
+                S::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "The message is not valid",
+                false,
+            ),
+            ApiError::UnknownBot(_) => (S::UNPROCESSABLE_ENTITY, "unknown_bot", "Unknown bot", false),
+            ApiError::NotFound => (S::NOT_FOUND, "not_found", "Not found", false),
+            ApiError::MethodNotAllowed => {
+                (S::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", false)
+            }
+            ApiError::Internal => (S::INTERNAL_SERVER_ERROR, "internal_error", "Internal error", false),
+            ApiError::Delivery(failure) => {
+                let not_sent = failure.delivery == DeliveryState::NotSent;
+                match failure.kind {
+                    FailureKind::Rejected => (
+                        S::UNPROCESSABLE_ENTITY,
+                        "upstream_rejected",
+                        "Jelou rejected the message",
+                        false,
+                    ),
+                    FailureKind::AuthFailed => (
+                        S::BAD_GATEWAY,
+                        "upstream_auth_failed",
+                        "The relay is not authorized by Jelou",
+                        false,
+                    ),
+                    FailureKind::Unavailable => (
+                        S::BAD_GATEWAY,
+                        "upstream_unavailable",
+                        "Jelou is unavailable",
+                        not_sent,
+                    ),
+                    FailureKind::RateLimited => {
+                        (S::TOO_MANY_REQUESTS, "rate_limited", "Rate limited", not_sent)
+                    }
+                    FailureKind::DeadlineExceeded => (
+                        S::GATEWAY_TIMEOUT,
+                        "deadline_exceeded",
+                        "Deadline exceeded",
+                        not_sent,
+                    ),
+                }
+            }
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::MalformedJson(detail)
+            | ApiError::UnsupportedMediaType(detail)
+            | ApiError::BodyReadFailed(detail) => detail.clone(),
+            ApiError::PayloadTooLarge { limit } => {
+                format!("the request body is larger than the limit of {limit} bytes")
+            }
+            ApiError::Validation(errors) => format!(
+                "{} field error(s); see `errors`",
+                errors.len()
+            ),
+            ApiError::UnknownBot(_) => "the bot alias is not configured on this relay; see `errors`".into(),
+            ApiError::Delivery(failure) => failure.detail.clone(),
+            ApiError::NotFound => "no such route; the API is POST /v1/flow-messages (see /docs)".into(),
+            ApiError::MethodNotAllowed => "this route does not accept that method".into(),
+            ApiError::Internal => "the relay failed unexpectedly; the message was not sent".into(),
+        }
+    }
+
+    /// Renders the problem for one request.
+    pub fn into_problem(self, request_id: &str) -> Problem {
+        let (status, code, title, retryable) = self.describe();
+        let detail = self.detail();
+        let (errors, delivery, attempts, upstream, retry_after) = match self {
+            ApiError::Validation(errors) | ApiError::UnknownBot(errors) => {
+                (errors, DeliveryState::NotSent, None, None, None)
+            }
+            ApiError::Delivery(failure) => {
+                let upstream = match failure.kind {
+                    // Jelou's words about credentials stay in the logs.
+                    FailureKind::AuthFailed => failure.upstream.map(|u| UpstreamError {
+                        description: None,
+                        ..u
+                    }),
+                    _ => failure.upstream,
+                };
+                (
+                    Vec::new(),
+                    failure.delivery,
+                    Some(failure.attempts),
+                    upstream,
+                    failure.retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+                )
+            }
+            _ => (Vec::new(), DeliveryState::NotSent, None, None, None),
+        };
+        Problem {
+            problem_type: format!("urn:jelou-relay:problem:{code}"),
+            title: title.into(),
+            status: status.as_u16(),
+            detail,
+            code: code.into(),
+            request_id: request_id.into(),
+            errors,
+            delivery,
+            retryable,
+            attempts,
+            upstream,
+            retry_after,
+        }
+    }
+}

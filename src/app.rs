@@ -1,0 +1,252 @@
+//! Builds the router and both middleware stacks, binds the listener, serves, and drains
+//! on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{Request, header};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+use url::Url;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::api::flow_messages::send_flow_message;
+use crate::api::health::{Readiness, healthz, readyz};
+use crate::api::openapi::ApiDoc;
+use crate::api::request_id::{X_REQUEST_ID, drop_unacceptable};
+use crate::api::{ApiError, RequestId};
+use crate::config::{BotRegistry, RelayConfig, UpstreamMode};
+use crate::delivery::{self, DeliveryService};
+use crate::jelou::{JelouClient, Sandbox};
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub bots: Arc<BotRegistry>,
+    pub base_url: Arc<Url>,
+    pub body_limit: usize,
+    pub sandbox: bool,
+    pub delivery: DeliveryService,
+    pub readiness: Readiness,
+}
+
+impl AppState {
+    /// The state for `config`, with the delivery stack over Jelou or the sandbox.
+    pub fn from_config(config: &RelayConfig) -> Result<AppState, String> {
+        let delivery = match config.mode {
+            UpstreamMode::Sandbox => delivery::stack(Sandbox),
+            UpstreamMode::Jelou => delivery::stack(JelouClient::new(
+                config.connect_timeout,
+                config.request_timeout,
+            )?),
+        };
+        Ok(AppState {
+            bots: Arc::new(config.bots.clone()),
+            base_url: Arc::new(config.base_url.clone()),
+            body_limit: config.body_limit_bytes,
+            sandbox: config.mode == UpstreamMode::Sandbox,
+            delivery,
+            readiness: Readiness::new(),
+        })
+    }
+}
+
+/// The routes and the inbound stack, kept apart from `main` so tests can drive it.
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/v1/flow-messages", post(send_flow_message))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+
+    // Inbound stack, outer to inner.
+    let inbound = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        // Callers' Authorization headers never reach a log line.
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(request_finished)
+                // Failures are logged once, by the handler, at the level they deserve.
+                .on_failure(()),
+        )
+        // Last line of defence: a panic becomes a problem+json 500, never a dropped connection.
+        .layer(CatchPanicLayer::custom(|_panic| {
+            tracing::error!("handler panicked");
+            ApiError::Internal.into_problem("unknown").into_response()
+        }));
+    routes
+        .layer(inbound)
+        // Outermost: a hostile or malformed caller id is dropped before one is assigned.
+        .layer(middleware::from_fn(drop_unacceptable))
+}
+
+/// One span per request; the handler fills in bot, recipient and outcome.
+fn request_span(request: &Request<Body>) -> Span {
+    let request_id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        request_id,
+        method = %request.method(),
+        path = request.uri().path(),
+        bot = tracing::field::Empty,
+        to = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        upstream_status = tracing::field::Empty,
+        attempts = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    )
+}
+
+fn request_finished<B>(response: &http::Response<B>, latency: Duration, span: &Span) {
+    span.record("status", response.status().as_u16());
+    span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+    tracing::info!("request finished");
+}
+
+async fn not_found(RequestId(id): RequestId) -> Response {
+    ApiError::NotFound.into_problem(&id).into_response()
+}
+
+async fn method_not_allowed(RequestId(id): RequestId) -> Response {
+    ApiError::MethodNotAllowed.into_problem(&id).into_response()
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Client(String),
+}
+
+/// A bound, ready-to-serve relay. Binding happens in `build`, so port 0 works in tests.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    readiness: Readiness,
+    shutdown_delay: Duration,
+    drain_timeout: Duration,
+    port: u16,
+}
+
+impl Application {
+    pub async fn build(config: &RelayConfig) -> Result<Application, StartError> {
+        let state = AppState::from_config(config).map_err(StartError::Client)?;
+        let (host, port) = &config.listen;
+        let address = format!("{host}:{port}");
+        let listener = TcpListener::bind((host.as_str(), *port))
+            .await
+            .map_err(|source| StartError::Bind {
+                address: address.clone(),
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { address, source })?
+            .port();
+        Ok(Application {
+            listener,
+            readiness: state.readiness.clone(),
+            router: router(state),
+            shutdown_delay: config.shutdown_delay,
+            drain_timeout: config.drain_timeout,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Serves until `shutdown` resolves; then readiness flips to 503, the listener keeps
+    /// serving for the shutdown delay, stops accepting, and in-flight requests get the
+    /// drain period to finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (drain_started, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let readiness = self.readiness.clone();
+        let delay = self.shutdown_delay;
+        let signal = async move {
+            shutdown.await;
+            readiness.set_draining();
+            tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown requested; /readyz now answers 503");
+            tokio::time::sleep(delay).await;
+            tracing::info!("listener closed; draining in-flight requests");
+            let _ = drain_started.send(());
+        };
+        let drain = self.drain_timeout;
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        tokio::select! {
+            result = server.into_future() => {
+                tracing::info!("drained; exiting");
+                result
+            }
+            () = async move {
+                match drain_rx.await {
+                    Ok(()) => tokio::time::sleep(drain).await,
+                    Err(_) => std::future::pending().await,
+                }
+            } => {
+                tracing::warn!(drain_ms = drain.as_millis() as u64, "drain period over; exiting with requests still in flight");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

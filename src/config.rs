@@ -1,0 +1,645 @@
+//! Settings: layered loading (file, environment file, env vars) and validation into a runtime config.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+/// Environment variables override files as `JELOU_RELAY__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "JELOU_RELAY";
+
+/// Which environment file is layered over `default.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Local,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Local => "local",
+            Environment::Production => "production",
+        }
+    }
+
+    /// Reads `APP_ENVIRONMENT`; unset means `local`.
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        match std::env::var("APP_ENVIRONMENT") {
+            Err(_) => Ok(Environment::Local),
+            Ok(value) => Self::parse(&value),
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self, ConfigErrors> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "local" => Ok(Environment::Local),
+            "production" => Ok(Environment::Production),
+            other => Err(ConfigErrors::one(
+                "APP_ENVIRONMENT",
+                format!("unknown environment '{other}'; use 'local' or 'production'"),
+            )),
+        }
+    }
+}
+
+/// Settings exactly as read from the layered sources; see `config/default.toml` for each key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub upstream: UpstreamSettings,
+    #[serde(default)]
+    pub bots: BTreeMap<String, BotSettings>,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub body_limit_bytes: usize,
+    pub shutdown_delay_ms: u64,
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamMode {
+    Jelou,
+    Sandbox,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    pub mode: UpstreamMode,
+    pub base_url: String,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Shared default credentials, used by every bot that sets none of its own.
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
+    pub client_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotSettings {
+    pub id: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// A `tracing` filter directive; `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// One configuration problem: which key, what is wrong and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config error: {}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found, printed one per line.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl ConfigErrors {
+    fn one(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigProblem {
+            key: key.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, problem) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where the configuration files live: `JELOU_RELAY_CONFIG_DIR`, else `./config`.
+pub fn default_config_dir() -> PathBuf {
+    std::env::var_os("JELOU_RELAY_CONFIG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("config"))
+}
+
+impl Settings {
+    /// `default.toml`, then `{environment}.toml` (optional), then `JELOU_RELAY__*` variables.
+    pub fn load(dir: &Path, environment: Environment) -> Result<Settings, ConfigErrors> {
+        let default_file = dir.join("default.toml");
+        if !default_file.is_file() {
+            return Err(ConfigErrors::one(
+                default_file.display().to_string(),
+                "file not found; run from the repository root or set JELOU_RELAY_CONFIG_DIR to the folder holding default.toml",
+            ));
+        }
+        let built = config::Config::builder()
+            .add_source(config::File::from(default_file))
+            .add_source(
+                config::File::from(dir.join(format!("{}.toml", environment.as_str())))
+                    .required(false),
+            )
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__"),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize::<Settings>());
+        built.map_err(|error| {
+            ConfigErrors::one(
+                "configuration",
+                format!("{error}; check the key's spelling and type against config/default.toml"),
+            )
+        })
+    }
+
+    /// Checks every rule and resolves secrets; returns all problems at once.
+    pub fn validate(&self, environment: Environment) -> Result<RelayConfig, ConfigErrors> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(ConfigProblem {
+                key: key.to_string(),
+                message,
+            })
+        };
+        let production = environment == Environment::Production;
+
+        if self.server.body_limit_bytes < 1024 {
+            problem(
+                "server.body_limit_bytes",
+                "must be at least 1024 bytes".into(),
+            );
+        }
+        for (key, value) in [
+            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
+            ("upstream.request_timeout_ms", self.upstream.request_timeout_ms),
+        ] {
+            if value == 0 {
+                problem(key, "must be greater than 0 (milliseconds)".into());
+            }
+        }
+
+        if production && self.upstream.mode == UpstreamMode::Sandbox {
+            problem(
+                "upstream.mode",
+                "is 'sandbox' in production; set upstream.mode = \"jelou\" (JELOU_RELAY__UPSTREAM__MODE=jelou)".into(),
+            );
+        }
+
+        let base_url = match Url::parse(&self.upstream.base_url) {
+            Ok(url) if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() => {
+                problem(
+                    "upstream.base_url",
+                    format!(
+                        "'{}' is not an http(s) URL with a host",
+                        self.upstream.base_url
+                    ),
+                );
+                None
+            }
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                problem(
+                    "upstream.base_url",
+                    "must not carry a query or fragment".into(),
+                );
+                None
+            }
+            Ok(url) => {
+                if production && url.scheme() != "https" && !is_loopback(&url) {
+                    problem(
+                        "upstream.base_url",
+                        format!(
+                            "'{}' is not https; production only allows plain http to a loopback host",
+                            self.upstream.base_url
+                        ),
+                    );
+                }
+                Some(url)
+            }
+            Err(error) => {
+                problem(
+                    "upstream.base_url",
+                    format!(
+                        "'{}' is not a valid URL ({error})",
+                        self.upstream.base_url
+                    ),
+                );
+                None
+            }
+        };
+
+        let needs_credentials = self.upstream.mode == UpstreamMode::Jelou;
+        let shared_id = self.upstream.client_id.clone().filter(|s| !s.is_empty());
+        let shared_secret = resolve_secret(
+            "upstream",
+            self.upstream.client_secret.as_ref(),
+            self.upstream.client_secret_file.as_deref(),
+            &mut problem,
+        );
+
+        if self.bots.is_empty() {
+            problem(
+                "bots",
+                "no bot configured; add a [bots.<alias>] table with an id (e.g. JELOU_RELAY__BOTS__VENTAS__ID=<jelou bot id>)".into(),
+            );
+        }
+
+        let mut bots = BTreeMap::new();
+        let mut default_alias = None;
+        for (alias, bot) in &self.bots {
+            let key = format!("bots.{alias}");
+            if !is_valid_alias(alias) {
+                problem(
+                    &key,
+                    "alias must be 1 to 64 characters of a-z, 0-9, '_' or '-'".into(),
+                );
+            }
+            let id = match bot.id.as_deref().map(str::trim) {
+                None | Some("") => {
+                    problem(
+                        &format!("{key}.id"),
+                        format!(
+                            "missing; set the Jelou bot id (JELOU_RELAY__BOTS__{}__ID)",
+                            alias.to_ascii_uppercase()
+                        ),
+                    );
+                    continue;
+                }
+                Some(id) if !is_valid_bot_id(id) => {
+                    problem(
+                        &format!("{key}.id"),
+                        "must be 1 to 128 characters of letters, digits, '_' or '-'".into(),
+                    );
+                    continue;
+                }
+                Some(id) => id.to_string(),
+            };
+            if bot.default {
+                if let Some(previous) = default_alias.replace(alias.clone()) {
+                    problem(
+                        &format!("{key}.default"),
+                        format!("bot '{previous}' is already the default; only one bot may set default = true"),
+                    );
+                }
+            }
+            let own_secret = resolve_secret(
+                &key,
+                bot.client_secret.as_ref(),
+                bot.client_secret_file.as_deref(),
+                &mut problem,
+            );
+            let client_id = bot
+                .client_id
+                .clone()
+                .filter(|s| !s.is_empty())
+                .or_else(|| shared_id.clone());
+            let client_secret = own_secret.or_else(|| shared_secret.clone());
+            let credentials = match (client_id, client_secret) {
+                (Some(client_id), Some(client_secret)) => Some(Credentials {
+                    client_id,
+                    client_secret,
+                }),
+                (client_id, client_secret) => {
+                    if needs_credentials {
+                        let missing = match (client_id.is_none(), client_secret.is_none()) {
+                            (true, true) => "client_id and client_secret",
+                            (true, false) => "client_id",
+                            _ => "client_secret",
+                        };
+                        problem(
+                            &key,
+                            format!(
+                                "no {missing} for upstream.mode = \"jelou\"; set {key}.client_id and {key}.client_secret (or client_secret_file), or the shared upstream.client_id / upstream.client_secret"
+                            ),
+                        );
+                    }
+                    None
+                }
+            };
+            bots.insert(
+                alias.clone(),
+                Arc::new(Bot {
+                    alias: alias.clone(),
+                    id,
+                    credentials,
+                }),
+            );
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigErrors(problems));
+        }
+        let Some(base_url) = base_url else {
+            // Unreachable: an unparsable URL always records a problem above.
+            return Err(ConfigErrors::one("upstream.base_url", "invalid"));
+        };
+        Ok(RelayConfig {
+            environment,
+            listen: (self.server.host.clone(), self.server.port),
+            body_limit_bytes: self.server.body_limit_bytes,
+            shutdown_delay: Duration::from_millis(self.server.shutdown_delay_ms),
+            drain_timeout: Duration::from_millis(self.server.drain_timeout_ms),
+            mode: self.upstream.mode,
+            base_url,
+            connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
+            request_timeout: Duration::from_millis(self.upstream.request_timeout_ms),
+            bots: BotRegistry {
+                bots,
+                default_alias,
+            },
+        })
+    }
+}
+
+/// A secret given inline or as a file path (for mounted secrets); both at once is an error.
+fn resolve_secret(
+    key: &str,
+    inline: Option<&SecretString>,
+    file: Option<&Path>,
+    problem: &mut impl FnMut(&str, String),
+) -> Option<SecretString> {
+    let inline = inline.filter(|s| !s.expose_secret().is_empty());
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            problem(
+                &format!("{key}.client_secret_file"),
+                format!("set either {key}.client_secret or {key}.client_secret_file, not both"),
+            );
+            None
+        }
+        (Some(secret), None) => Some(secret.clone()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(contents) => {
+                let trimmed = contents.trim_end_matches(['\n', '\r']);
+                if trimmed.is_empty() {
+                    problem(
+                        &format!("{key}.client_secret_file"),
+                        format!("'{}' is empty", path.display()),
+                    );
+                    None
+                } else {
+                    Some(SecretString::from(trimmed.to_string()))
+                }
+            }
+            Err(error) => {
+                problem(
+                    &format!("{key}.client_secret_file"),
+                    format!("cannot read '{}': {error}", path.display()),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn is_valid_alias(alias: &str) -> bool {
+    (1..=64).contains(&alias.len())
+        && alias
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn is_valid_bot_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The validated configuration the application runs with.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub environment: Environment,
+    pub listen: (String, u16),
+    pub body_limit_bytes: usize,
+    pub shutdown_delay: Duration,
+    pub drain_timeout: Duration,
+    pub mode: UpstreamMode,
+    pub base_url: Url,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub bots: BotRegistry,
+}
+
+/// Jelou credentials for one bot. `Debug` is redacted by `SecretString`.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    client_id: String,
+    client_secret: SecretString,
+}
+
+impl Credentials {
+    pub fn new(client_id: String, client_secret: SecretString) -> Self {
+        Credentials {
+            client_id,
+            client_secret,
+        }
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn client_secret(&self) -> &SecretString {
+        &self.client_secret
+    }
+}
+
+/// A configured bot: the alias callers use, Jelou's id, and the credentials that may use it.
+#[derive(Debug)]
+pub struct Bot {
+    pub alias: String,
+    pub id: String,
+    pub credentials: Option<Credentials>,
+}
+
+/// Maps caller-facing aliases to bots.
+#[derive(Debug, Clone)]
+pub struct BotRegistry {
+    bots: BTreeMap<String, Arc<Bot>>,
+    default_alias: Option<String>,
+}
+
+/// Why a bot alias did not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BotLookupError {
+    /// No alias given and no single or default bot to fall back on.
+    Missing { configured: Vec<String> },
+    Unknown { configured: Vec<String> },
+}
+
+impl fmt::Display for BotLookupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BotLookupError::Missing { configured } => write!(
+                f,
+                "is required: this relay has several bots and no default (configured: {})",
+                configured.join(", ")
+            ),
+            BotLookupError::Unknown { configured } => write!(
+                f,
+                "is not a bot alias configured on this relay (configured: {})",
+                configured.join(", ")
+            ),
+        }
+    }
+}
+
+impl BotRegistry {
+    pub fn resolve(&self, alias: Option<&str>) -> Result<Arc<Bot>, BotLookupError> {
+        let configured = || self.bots.keys().cloned().collect::<Vec<_>>();
+        match alias {
+            Some(alias) => self
+                .bots
+                .get(alias)
+                .cloned()
+                .ok_or_else(|| BotLookupError::Unknown {
+                    configured: configured(),
+                }),
+            None => {
+                let fallback = match &self.default_alias {
+                    Some(alias) => self.bots.get(alias),
+                    None if self.bots.len() == 1 => self.bots.values().next(),
+                    None => None,
+                };
+                fallback.cloned().ok_or_else(|| BotLookupError::Missing {
+                    configured: configured(),
+                })
+            }
+        }
+    }
+
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        self.bots.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::load(Path::new("config"), Environment::Local).expect("default config loads")
+    }
+
+    fn keys(errors: ConfigErrors) -> Vec<String> {
+        errors.0.into_iter().map(|p| p.key).collect()
+    }
+
+    #[test]
+    fn local_defaults_are_valid_sandbox() {
+        let config = settings().validate(Environment::Local).unwrap();
+        assert_eq!(config.mode, UpstreamMode::Sandbox);
+        assert!(config.bots.resolve(None).is_ok());
+    }
+
+    #[test]
+    fn production_rejects_sandbox_missing_credentials_and_plain_http() {
+        let mut s = settings();
+        s.upstream.base_url = "http://jelou.example".into();
+        let problems = keys(s.validate(Environment::Production).unwrap_err());
+        assert!(problems.contains(&"upstream.mode".to_string()));
+        assert!(problems.contains(&"upstream.base_url".to_string()));
+        s.upstream.mode = UpstreamMode::Jelou;
+        let problems = keys(s.validate(Environment::Production).unwrap_err());
+        assert!(problems.iter().any(|k| k.starts_with("bots.")));
+    }
+
+    #[test]
+    fn loopback_http_is_allowed_in_production() {
+        let mut s = settings();
+        s.upstream.mode = UpstreamMode::Jelou;
+        s.upstream.base_url = "http://127.0.0.1:9999".into();
+        s.upstream.client_id = Some("id".into());
+        s.upstream.client_secret = Some(SecretString::from("secret"));
+        assert!(s.validate(Environment::Production).is_ok());
+    }
+
+    #[test]
+    fn alias_resolution_rules() {
+        let mut s = settings();
+        s.bots.insert(
+            "soporte".into(),
+            BotSettings {
+                id: Some("B2".into()),
+                client_id: None,
+                client_secret: None,
+                client_secret_file: None,
+                default: false,
+            },
+        );
+        let registry = s.validate(Environment::Local).unwrap().bots;
+        assert!(matches!(
+            registry.resolve(None),
+            Err(BotLookupError::Missing { .. })
+        ));
+        assert!(matches!(
+            registry.resolve(Some("nope")),
+            Err(BotLookupError::Unknown { .. })
+        ));
+        assert_eq!(registry.resolve(Some("soporte")).unwrap().id, "B2");
+    }
+
+    #[test]
+    fn hostile_bot_ids_are_refused() {
+        let mut s = settings();
+        for id in ["a/b", "..", "a?b", "a#b", "a b"] {
+            s.bots.get_mut("ventas").unwrap().id = Some(id.into());
+            assert_eq!(
+                keys(s.validate(Environment::Local).unwrap_err()),
+                vec!["bots.ventas.id".to_string()],
+                "{id}"
+            );
+        }
+    }
+}

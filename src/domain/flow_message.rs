@@ -1,0 +1,387 @@
+//! A WhatsApp Flow message as callers send it, parsed once with every field error collected.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::phone::Recipient;
+use super::strict_json::kind;
+use super::text::{Caption, Cta, Text, Title};
+
+/// One problem with one field of the request, by its JSON path (`flow.cta`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `flow.cta`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowMode {
+    Draft,
+    Published,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowAction {
+    Navigate,
+    DataExchange,
+}
+
+/// The Flow the button opens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flow {
+    pub name: String,
+    pub cta: Cta,
+    pub screen: Option<String>,
+    pub data: Option<Map<String, Value>>,
+    pub token: Option<String>,
+    pub mode: Option<FlowMode>,
+    pub action: Option<FlowAction>,
+}
+
+/// A validated message. Only [`FlowMessage::parse`] builds one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowMessage {
+    /// The caller's bot alias, syntax-checked; resolved against the configuration later.
+    pub bot: Option<String>,
+    pub to: Recipient,
+    pub title: Title,
+    pub text: Text,
+    pub caption: Caption,
+    pub flow: Flow,
+    /// Passed on as `?type=`; Jelou does not publish its values, so none is invented.
+    pub flow_type: Option<String>,
+    pub context: Option<Map<String, Value>>,
+}
+
+impl FlowMessage {
+    /// Parses a request object, reporting every field error at once, unknown fields included.
+    pub fn parse(body: Map<String, Value>) -> Result<FlowMessage, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut fields = Fields::new(body, "");
+
+        let bot = fields
+            .optional_string("bot", &mut errors)
+            .and_then(|v| fields.check("bot", alias(v), &mut errors));
+        let to = fields
+            .required_string("to", &mut errors)
+            .and_then(|v| fields.check("to", Recipient::parse(&v), &mut errors));
+        let title = fields
+            .required_string("title", &mut errors)
+            .and_then(|v| fields.check("title", Title::parse(v), &mut errors));
+        let text = fields
+            .required_string("text", &mut errors)
+            .and_then(|v| fields.check("text", Text::parse(v), &mut errors));
+        let caption = fields
+            .required_string("caption", &mut errors)
+            .and_then(|v| fields.check("caption", Caption::parse(v), &mut errors));
+        let flow = match fields.take("flow") {
+            None | Some(Value::Null) => {
+                errors.push(FieldError::new("flow", "is required"));
+                None
+            }
+            Some(Value::Object(map)) => parse_flow(map, &mut errors),
+            Some(other) => {
+                errors.push(type_error("flow", "an object", &other));
+                None
+            }
+        };
+        let flow_type = fields
+            .optional_string("type", &mut errors)
+            .and_then(|v| fields.check("type", token("type", v, 64), &mut errors));
+        let context = fields.optional_object("context", &mut errors);
+        fields.reject_unknown(&mut errors);
+
+        match (to, title, text, caption, flow) {
+            (Some(to), Some(title), Some(text), Some(caption), Some(flow)) if errors.is_empty() => {
+                Ok(FlowMessage {
+                    bot,
+                    to,
+                    title,
+                    text,
+                    caption,
+                    flow,
+                    flow_type,
+                    context,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+}
+
+fn parse_flow(map: Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Flow> {
+    let mut fields = Fields::new(map, "flow.");
+    let name = fields
+        .required_string("name", errors)
+        .and_then(|v| fields.check("name", token("name", v, 128), errors));
+    let cta = fields
+        .required_string("cta", errors)
+        .and_then(|v| fields.check("cta", Cta::parse(v), errors));
+    let screen = fields
+        .optional_string("screen", errors)
+        .and_then(|v| fields.check("screen", token("screen", v, 128), errors));
+    let data = fields.optional_object("data", errors).and_then(|data| {
+        if data.is_empty() {
+            errors.push(FieldError::new(
+                "flow.data",
+                "must be a non-empty object when given (omit it instead)",
+            ));
+            None
+        } else {
+            Some(data)
+        }
+    });
+    let flow_token = fields
+        .optional_string("token", errors)
+        .and_then(|v| fields.check("token", token("token", v, 1024), errors));
+    let mode = fields.optional_string("mode", errors).and_then(|v| {
+        let parsed = match v.as_str() {
+            "draft" => Ok(FlowMode::Draft),
+            "published" => Ok(FlowMode::Published),
+            _ => Err("must be \"draft\" or \"published\"".to_string()),
+        };
+        fields.check("mode", parsed, errors)
+    });
+    let action = fields.optional_string("action", errors).and_then(|v| {
+        let parsed = match v.as_str() {
+            "navigate" => Ok(FlowAction::Navigate),
+            "data_exchange" => Ok(FlowAction::DataExchange),
+            _ => Err("must be \"navigate\" or \"data_exchange\"".to_string()),
+        };
+        fields.check("action", parsed, errors)
+    });
+    fields.reject_unknown(errors);
+    Some(Flow {
+        name: name?,
+        cta: cta?,
+        screen,
+        data,
+        token: flow_token,
+        mode,
+        action,
+    })
+}
+
+/// The caller's bot alias: the same alphabet the configuration allows.
+fn alias(value: String) -> Result<String, String> {
+    let valid = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if valid {
+        Ok(value)
+    } else {
+        Err("must be a configured bot alias: 1 to 64 characters of a-z, 0-9, '_' or '-'".into())
+    }
+}
+
+/// An identifier-like string: not blank, no control characters, at most `max` characters.
+fn token(name: &str, value: String, max: usize) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Err("must not be empty or only whitespace".into());
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{name} must not contain control characters"));
+    }
+    let count = value.chars().count();
+    if count > max {
+        return Err(format!("must be at most {max} characters (got {count})"));
+    }
+    Ok(value)
+}
+
+fn type_error(field: &str, expected: &str, got: &Value) -> FieldError {
+    FieldError::new(field, format!("must be {expected}, not {}", kind(got)))
+}
+
+/// Takes fields out of one JSON object so that what is left over is, by definition, unknown.
+struct Fields {
+    map: Map<String, Value>,
+    prefix: &'static str,
+}
+
+impl Fields {
+    fn new(map: Map<String, Value>, prefix: &'static str) -> Self {
+        Fields { map, prefix }
+    }
+
+    fn path(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn take(&mut self, key: &str) -> Option<Value> {
+        self.map.remove(key)
+    }
+
+    /// Records `result`'s error under `key`; returns its value otherwise.
+    fn check<T>(
+        &self,
+        key: &str,
+        result: Result<T, String>,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<T> {
+        result
+            .map_err(|message| errors.push(FieldError::new(self.path(key), message)))
+            .ok()
+    }
+
+    fn required_string(&mut self, key: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+        match self.take(key) {
+            None | Some(Value::Null) => {
+                errors.push(FieldError::new(self.path(key), "is required"));
+                None
+            }
+            Some(Value::String(s)) => Some(s),
+            Some(other) => {
+                errors.push(type_error(&self.path(key), "a string", &other));
+                None
+            }
+        }
+    }
+
+    /// Absent and `null` both mean "not given".
+    fn optional_string(&mut self, key: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+        match self.take(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => {
+                errors.push(type_error(&self.path(key), "a string", &other));
+                None
+            }
+        }
+    }
+
+    fn optional_object(
+        &mut self,
+        key: &str,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<Map<String, Value>> {
+        match self.take(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(map)) => Some(map),
+            Some(other) => {
+                errors.push(type_error(&self.path(key), "an object", &other));
+                None
+            }
+        }
+    }
+
+    fn reject_unknown(self, errors: &mut Vec<FieldError>) {
+        for key in self.map.keys() {
+            errors.push(FieldError::new(
+                self.path(key),
+                "is not a known field; check its spelling",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: Value) -> Result<FlowMessage, Vec<FieldError>> {
+        match value {
+            Value::Object(map) => FlowMessage::parse(map),
+            _ => unreachable!("tests pass objects"),
+        }
+    }
+
+    fn fields(errors: Vec<FieldError>) -> Vec<String> {
+        errors.into_iter().map(|e| e.field).collect()
+    }
+
+    fn seed() -> Value {
+        json!({
+            "to": "+593 98 765 4321",
+            "title": "Hola",
+            "text": "Completa este flujo para comenzar",
+            "caption": "Jelou",
+            "flow": {"name": "flujo_de_bienvenida", "cta": "Iniciar Flujo", "screen": "RECOMMEND"}
+        })
+    }
+
+    #[test]
+    fn parses_the_seed_example() {
+        let message = parse(seed()).unwrap();
+        assert_eq!(message.to.as_str(), "593987654321");
+        assert_eq!(message.flow.cta.as_str(), "Iniciar Flujo");
+        assert_eq!(message.flow.screen.as_deref(), Some("RECOMMEND"));
+        assert!(message.bot.is_none() && message.context.is_none());
+    }
+
+    #[test]
+    fn reports_every_error_at_once() {
+        let errors = parse(json!({
+            "to": "0123",
+            "title": "",
+            "text": 5,
+            "flow": {"cta": "🚀", "data": {}, "mode": "live", "action": "jump", "extra": 1},
+            "titel": "typo",
+            "context": []
+        }))
+        .unwrap_err();
+        let mut got = fields(errors);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "caption",
+                "context",
+                "flow.action",
+                "flow.cta",
+                "flow.data",
+                "flow.extra",
+                "flow.mode",
+                "flow.name",
+                "text",
+                "titel",
+                "title",
+                "to"
+            ]
+        );
+    }
+
+    #[test]
+    fn null_optional_fields_are_absent_but_null_required_are_missing() {
+        let mut value = seed();
+        value["type"] = Value::Null;
+        value["context"] = Value::Null;
+        assert!(parse(value.clone()).is_ok());
+        value["title"] = Value::Null;
+        assert_eq!(fields(parse(value).unwrap_err()), vec!["title"]);
+    }
+
+    #[test]
+    fn hostile_alias_and_type_are_refused() {
+        for alias in ["../x", "a/b", "A", "a?b", "a#b", "a\r\nb", "a\0b", ""] {
+            let mut value = seed();
+            value["bot"] = json!(alias);
+            assert_eq!(fields(parse(value).unwrap_err()), vec!["bot"], "{alias:?}");
+        }
+        let mut value = seed();
+        value["type"] = json!("a\nb");
+        assert_eq!(fields(parse(value).unwrap_err()), vec!["type"]);
+    }
+
+    #[test]
+    fn flow_must_be_an_object() {
+        let mut value = seed();
+        value["flow"] = json!("flujo");
+        assert_eq!(fields(parse(value).unwrap_err()), vec!["flow"]);
+    }
+}

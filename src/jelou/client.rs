@@ -1,0 +1,122 @@
+//! The HTTP client for Jelou: the only place the credentials are exposed, at send time.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::{HeaderValue, header};
+use secrecy::ExposeSecret;
+use secrecy::zeroize::Zeroizing;
+use tracing::Instrument;
+
+use crate::config::Credentials;
+use crate::delivery::outcome::{classify_response, classify_transport};
+use crate::delivery::{Delivered, DeliveryFailure, DeliveryState, FailureKind, Outbound};
+
+/// Jelou's answers are tiny (`{}`); anything larger than this is not read in full.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// One pooled reqwest client, shared by every request.
+#[derive(Clone, Debug)]
+pub struct JelouClient {
+    http: reqwest::Client,
+}
+
+impl JelouClient {
+    pub fn new(connect_timeout: Duration, request_timeout: Duration) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout)
+            // A redirected POST could be replayed or turned into a GET: never follow one.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .user_agent(concat!("jelou-relay/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client for Jelou: {e}"))?;
+        Ok(JelouClient { http })
+    }
+
+    async fn send(http: reqwest::Client, outbound: Outbound) -> Result<Delivered, DeliveryFailure> {
+        let Some(credentials) = outbound.bot.credentials.as_ref() else {
+            return Err(DeliveryFailure {
+                kind: FailureKind::AuthFailed,
+                delivery: DeliveryState::NotSent,
+                attempts: 0,
+                detail: "the relay has no Jelou credentials for this bot".into(),
+                upstream: None,
+                retry_after: None,
+            });
+        };
+        let response = http
+            .post(outbound.url.clone())
+            .header(header::AUTHORIZATION, basic_authorization(credentials))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json")
+            .header("x-request-id", outbound.request_id.as_str())
+            .body(outbound.body.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::debug!(error = %e, "upstream transport error");
+                classify_transport(&e)
+            })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = read_capped(response).await;
+        tracing::Span::current().record("upstream_status", status.as_u16());
+        classify_response(status, &headers, body.as_deref())
+    }
+}
+
+/// `Basic base64(client_id:client_secret)`, marked sensitive so hyper never logs it.
+fn basic_authorization(credentials: &Credentials) -> HeaderValue {
+    let pair = Zeroizing::new(format!(
+        "{}:{}",
+        credentials.client_id(),
+        credentials.client_secret().expose_secret()
+    ));
+    let encoded = Zeroizing::new(format!("Basic {}", STANDARD.encode(pair.as_bytes())));
+    // Base64 output and the "Basic " prefix are visible ASCII, always a valid header value.
+    let mut value = HeaderValue::from_str(&encoded).unwrap_or(HeaderValue::from_static("Basic"));
+    value.set_sensitive(true);
+    value
+}
+
+/// Reads at most `MAX_RESPONSE_BYTES`; `None` when the body cannot be read in full.
+async fn read_capped(mut response: reqwest::Response) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Some(body),
+            Err(error) => {
+                tracing::debug!(%error, "reading Jelou's answer failed");
+                return None;
+            }
+        }
+    }
+}
+
+impl tower::Service<Outbound> for JelouClient {
+    type Response = Delivered;
+    type Error = DeliveryFailure;
+    type Future = Pin<Box<dyn Future<Output = Result<Delivered, DeliveryFailure>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, outbound: Outbound) -> Self::Future {
+        let span = tracing::info_span!("upstream", upstream_status = tracing::field::Empty);
+        Box::pin(Self::send(self.http.clone(), outbound).instrument(span))
+    }
+}

@@ -1,0 +1,130 @@
+//! The `jelou-relay` command: serve (the default), check-config, openapi.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use jelou_relay::app::{Application, shutdown_signal};
+use jelou_relay::config::{self, Environment, RelayConfig, Settings, UpstreamMode};
+use jelou_relay::{api, telemetry};
+
+#[derive(Parser)]
+#[command(name = "jelou-relay", version, about = "Send WhatsApp Flow messages through Jelou")]
+struct Cli {
+    /// Folder holding default.toml and {APP_ENVIRONMENT}.toml [default: $JELOU_RELAY_CONFIG_DIR or ./config]
+    #[arg(long, global = true)]
+    config_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (the default).
+    Serve,
+    /// Load and check the configuration, print a summary without secrets, and exit.
+    CheckConfig,
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let dir = cli.config_dir.unwrap_or_else(config::default_config_dir);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Openapi => {
+            println!("{}", api::openapi::document_json());
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => match load(&dir) {
+            Ok((config, _)) => {
+                println!("{}", summary(&config));
+                ExitCode::SUCCESS
+            }
+            Err(message) => fail(&message),
+        },
+        Command::Serve => match load(&dir) {
+            Ok((config, settings)) => serve(config, settings),
+            Err(message) => fail(&message),
+        },
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::FAILURE
+}
+
+fn load(dir: &std::path::Path) -> Result<(RelayConfig, Settings), String> {
+    let environment = Environment::from_env().map_err(|e| e.to_string())?;
+    let settings = Settings::load(dir, environment).map_err(|e| e.to_string())?;
+    let config = settings.validate(environment).map_err(|e| e.to_string())?;
+    telemetry::filter(&settings.log).map_err(|e| format!("config error: log.level: {e}"))?;
+    Ok((config, settings))
+}
+
+fn summary(config: &RelayConfig) -> String {
+    let mut lines = vec![
+        "configuration OK".to_string(),
+        format!("environment: {}", config.environment.as_str()),
+        format!("listen: {}:{}", config.listen.0, config.listen.1),
+        format!(
+            "upstream: {} {}",
+            match config.mode {
+                UpstreamMode::Jelou => "jelou",
+                UpstreamMode::Sandbox => "sandbox",
+            },
+            config.base_url
+        ),
+    ];
+    for alias in config.bots.aliases() {
+        if let Ok(bot) = config.bots.resolve(Some(alias)) {
+            lines.push(format!(
+                "bot {alias}: id {}, credentials {}",
+                bot.id,
+                match &bot.credentials {
+                    Some(c) => format!("client_id {} (secret set)", c.client_id()),
+                    None => "none".to_string(),
+                }
+            ));
+        }
+    }
+    lines.join("\n")
+}
+
+fn serve(config: RelayConfig, settings: Settings) -> ExitCode {
+    if let Err(message) = telemetry::init(&settings.log) {
+        return fail(&message);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let application = match Application::build(&config).await {
+            Ok(application) => application,
+            Err(error) => {
+                tracing::error!(%error, "start-up failed");
+                return fail(&error.to_string());
+            }
+        };
+        tracing::info!(
+            port = application.port(),
+            environment = config.environment.as_str(),
+            sandbox = config.mode == UpstreamMode::Sandbox,
+            bots = ?config.bots.aliases().collect::<Vec<_>>(),
+            "jelou-relay listening"
+        );
+        if config.mode == UpstreamMode::Sandbox {
+            tracing::warn!("sandbox mode: messages are validated and logged, never sent to Jelou");
+        }
+        match application.run_until_stopped(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "server failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
