@@ -379,7 +379,7 @@ fn log_failure(error: &ApiError) {
         }
         other => {
             span.record("outcome", "refused");
-            tracing::info!(error = ?std::mem::discriminant(other), "request refused");
+            tracing::info!(code = other.code(), "request refused");
         }
     }
 }

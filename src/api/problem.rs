@@ -159,6 +159,11 @@ impl ApiError {
         }
     }
 
+    /// The stable machine-readable code, e.g. `validation_failed`.
+    pub fn code(&self) -> &'static str {
+        self.describe().1
+    }
+
     /// Renders the problem for one request.
     pub fn into_problem(self, request_id: &str) -> Problem {
         let (status, code, title, retryable) = self.describe();
