@@ -10,6 +10,11 @@ impl Recipient {
     /// Strips `+`, spaces, dashes, dots and parentheses; never rewrites a digit
     /// (WhatsApp ids differ from dialable numbers in Brazil, Mexico, Argentina).
     pub fn parse(raw: &str) -> Result<Recipient, String> {
+        // No written phone number has "..": refuse the path-traversal marker outright
+        // rather than strip it into something that looks valid.
+        if raw.contains("..") {
+            return Err("must not contain \"..\"".into());
+        }
         let digits: String = raw
             .chars()
             .filter(|c| !matches!(c, '+' | ' ' | '-' | '.' | '(' | ')'))
@@ -83,6 +88,8 @@ mod tests {
             "５９３９８７６５４３２１",
             "593/98765432",
             "593987654321\n",
+            "..593987654321",
+            "593..987654321",
             "",
             "+",
         ] {
