@@ -493,6 +493,16 @@ impl Credentials {
     pub fn client_secret(&self) -> &SecretString {
         &self.client_secret
     }
+
+    /// `text` with the secret, and the Basic pair that carries it, replaced: for text
+    /// that comes back from Jelou and is logged or shown.
+    pub fn scrub(&self, text: &str) -> String {
+        use base64::Engine;
+        let secret = self.client_secret.expose_secret();
+        let pair = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{secret}", self.client_id));
+        text.replace(&pair, "[REDACTED]").replace(secret, "[REDACTED]")
+    }
 }
 
 /// A configured bot: the alias callers use, Jelou's id, and the credentials that may use it.

@@ -355,7 +355,7 @@ fn log_failure(error: &ApiError) {
             detail,
             ..
         }) => {
-            span.record("outcome", format!("{delivery:?}").to_lowercase().as_str());
+            span.record("outcome", delivery.as_str());
             span.record("attempts", attempts);
             if let Some(upstream) = upstream {
                 span.record("upstream_status", upstream.status);

@@ -45,6 +45,15 @@ pub enum DeliveryState {
     Unknown,
 }
 
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::NotSent => "not_sent",
+            DeliveryState::Unknown => "unknown",
+        }
+    }
+}
+
 /// What went wrong, in the relay's terms; `api::problem` maps each to an HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {

@@ -68,7 +68,14 @@ impl JelouClient {
         let headers = response.headers().clone();
         let body = read_capped(response).await;
         tracing::Span::current().record("upstream_status", status.as_u16());
-        classify_response(status, &headers, body.as_deref())
+        classify_response(status, &headers, body.as_deref()).map_err(|mut failure| {
+            // Whatever Jelou says goes to logs and callers: never let it echo the secret.
+            if let Some(upstream) = failure.upstream.as_mut() {
+                upstream.description = upstream.description.take().map(|d| credentials.scrub(&d));
+                upstream.code = upstream.code.take().map(|c| credentials.scrub(&c));
+            }
+            failure
+        })
     }
 }
 

@@ -192,3 +192,95 @@ pub fn error_fields(problem: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The relay binary, run with only the environment given (plus PATH), from the repo root.
+pub fn relay_command(args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_jelou-relay"));
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+/// A relay process whose output is collected line by line.
+pub struct RelayProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RelayProcess {
+    /// Starts `serve` on port 0 with JSON logs and waits until it says where it listens.
+    pub fn start(env: &[(&str, &str)]) -> RelayProcess {
+        use std::io::BufRead;
+        let mut env = env.to_vec();
+        env.push(("JELOU_RELAY__SERVER__PORT", "0"));
+        env.push(("JELOU_RELAY__SERVER__HOST", "127.0.0.1"));
+        env.push(("JELOU_RELAY__LOG__FORMAT", "json"));
+        let mut child = relay_command(&["serve"], &env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("relay binary starts");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for (reader, port_tx) in [
+            (Box::new(stdout) as Box<dyn std::io::Read + Send>, Some(port_tx)),
+            (Box::new(stderr), None),
+        ] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(reader).lines().map_while(Result::ok) {
+                    if let (Some(tx), Ok(event)) = (&port_tx, serde_json::from_str::<Value>(&line)) {
+                        if let Some(port) = event["fields"]["port"].as_u64() {
+                            let _ = tx.send(port as u16);
+                        }
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let port = port_rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("relay did not start: {:?}", lines.lock().unwrap()));
+        RelayProcess { child, port, lines }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Sends SIGTERM and waits for the exit status, at most `limit`.
+    pub fn terminate(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(killed.is_ok_and(|s| s.success()), "kill -TERM works");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("relay did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

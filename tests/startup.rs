@@ -1,0 +1,143 @@
+//! Start-up: production refuses each unsafe configuration with one clear line per
+//! problem; local starts in sandbox mode with no credentials at all.
+
+mod common;
+
+use common::*;
+
+fn check_config(env: &[(&str, &str)]) -> (bool, String, String) {
+    let output = relay_command(&["check-config"], env).output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+const PRODUCTION_OK: &[(&str, &str)] = &[
+    ("APP_ENVIRONMENT", "production"),
+    ("JELOU_RELAY__BOTS__VENTAS__ID", "BOT_ID"),
+    ("JELOU_RELAY__UPSTREAM__CLIENT_ID", "relay-client"),
+    ("JELOU_RELAY__UPSTREAM__CLIENT_SECRET", CLIENT_SECRET),
+];
+
+fn production_with(overrides: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut env: Vec<_> = PRODUCTION_OK
+        .iter()
+        .filter(|(key, _)| !overrides.iter().any(|(k, _)| k == key))
+        .copied()
+        .collect();
+    env.extend(overrides.iter().filter(|(_, v)| !v.is_empty()).copied());
+    env
+}
+
+#[test]
+fn production_with_credentials_is_accepted() {
+    let (ok, stdout, stderr) = check_config(PRODUCTION_OK);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(stdout.contains("bot ventas: id BOT_ID, credentials client_id relay-client"));
+    assert!(!stdout.contains(CLIENT_SECRET));
+}
+
+#[test]
+fn production_refuses_each_unsafe_configuration() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("JELOU_RELAY__UPSTREAM__MODE", "sandbox")], "config error: upstream.mode: is 'sandbox' in production"),
+        (&[("JELOU_RELAY__UPSTREAM__CLIENT_SECRET", "")], "config error: bots.ventas: no client_secret"),
+        (&[("JELOU_RELAY__UPSTREAM__CLIENT_ID", "")], "config error: bots.ventas: no client_id"),
+        (&[("JELOU_RELAY__UPSTREAM__BASE_URL", "http://api.jelou.example")], "config error: upstream.base_url: 'http://api.jelou.example' is not https"),
+        (&[("JELOU_RELAY__BOTS__VENTAS__ID", "")], "config error: bots: no bot configured"),
+        (&[("JELOU_RELAY__UPSTREAM__CLIENT_SECRET_FILE", "/nonexistent/secret")], "config error: upstream.client_secret_file: set either"),
+        (&[("JELOU_RELAY__SERVER__PROT", "8080")], "unknown field `prot`"),
+        (&[("JELOU_RELAY__SERVER__PORT", "eighty")], "config error: configuration:"),
+        (&[("APP_ENVIRONMENT", "staging")], "config error: APP_ENVIRONMENT: unknown environment 'staging'"),
+        (&[("JELOU_RELAY__LOG__LEVEL", "[[[")], "config error: log.level"),
+    ];
+    for (overrides, expected) in cases {
+        let env = production_with(overrides);
+        let (ok, _, stderr) = check_config(&env);
+        assert!(!ok, "{overrides:?} was accepted");
+        assert!(stderr.contains(expected), "{overrides:?}: expected {expected:?} in:\n{stderr}");
+        assert!(!stderr.contains(CLIENT_SECRET), "{stderr}");
+    }
+}
+
+#[test]
+fn plain_http_to_loopback_is_allowed_in_production() {
+    let env = production_with(&[("JELOU_RELAY__UPSTREAM__BASE_URL", "http://127.0.0.1:9000")]);
+    let (ok, _, stderr) = check_config(&env);
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once_one_per_line() {
+    let env = [
+        ("APP_ENVIRONMENT", "production"),
+        ("JELOU_RELAY__UPSTREAM__MODE", "sandbox"),
+        ("JELOU_RELAY__UPSTREAM__BASE_URL", "http://jelou.example"),
+    ];
+    let (ok, _, stderr) = check_config(&env);
+    assert!(!ok);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(lines.iter().all(|l| l.starts_with("config error: ")), "{stderr}");
+}
+
+#[test]
+fn secret_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, format!("{CLIENT_SECRET}\n")).unwrap();
+    let path = file.to_str().unwrap();
+    let env = [
+        ("APP_ENVIRONMENT", "production"),
+        ("JELOU_RELAY__BOTS__VENTAS__ID", "BOT_ID"),
+        ("JELOU_RELAY__BOTS__VENTAS__CLIENT_ID", "relay-client"),
+        ("JELOU_RELAY__BOTS__VENTAS__CLIENT_SECRET_FILE", path),
+    ];
+    let (ok, stdout, stderr) = check_config(&env);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("secret set"));
+    std::fs::write(&file, "").unwrap();
+    let (ok, _, stderr) = check_config(&env);
+    assert!(!ok);
+    assert!(stderr.contains("config error: bots.ventas.client_secret_file:"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_to_start_in_production_without_credentials() {
+    let env = production_with(&[("JELOU_RELAY__UPSTREAM__CLIENT_SECRET", "")]);
+    let output = relay_command(&["serve"], &env).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("config error: bots.ventas: no client_secret"), "{stderr}");
+}
+
+#[test]
+fn local_starts_in_sandbox_without_any_credentials() {
+    let (ok, stdout, stderr) = check_config(&[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("environment: local"), "{stdout}");
+    assert!(stdout.contains("upstream: sandbox"), "{stdout}");
+
+    let mut relay = RelayProcess::start(&[]);
+    let response = post_seed(&relay.url("/v1/flow-messages"));
+    assert_eq!(response.0, 200, "{}", response.1);
+    assert!(response.1.contains("\"sandbox\":true"), "{}", response.1);
+    assert!(relay.terminate(std::time::Duration::from_secs(10)).success());
+}
+
+/// POSTs the seed example from a synchronous test.
+fn post_seed(url: &str) -> (u16, String) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(url)
+            .json(&seed_message())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    })
+}
