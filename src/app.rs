@@ -76,10 +76,15 @@ pub fn router(state: AppState) -> Router {
 
     // Inbound stack, outer to inner.
     let inbound = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(
+            X_REQUEST_ID.clone(),
+            MakeRequestUuid,
+        ))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
         // Callers' Authorization headers never reach a log line.
-        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
@@ -202,7 +207,10 @@ impl Application {
         let signal = async move {
             shutdown.await;
             readiness.set_draining();
-            tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown requested; /readyz now answers 503");
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "shutdown requested; /readyz now answers 503"
+            );
             tokio::time::sleep(delay).await;
             tracing::info!("listener closed; draining in-flight requests");
             let _ = drain_started.send(());

@@ -211,8 +211,14 @@ impl Settings {
             );
         }
         for (key, value) in [
-            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
-            ("upstream.request_timeout_ms", self.upstream.request_timeout_ms),
+            (
+                "upstream.connect_timeout_ms",
+                self.upstream.connect_timeout_ms,
+            ),
+            (
+                "upstream.request_timeout_ms",
+                self.upstream.request_timeout_ms,
+            ),
         ] {
             if value == 0 {
                 problem(key, "must be greater than 0 (milliseconds)".into());
@@ -259,10 +265,7 @@ impl Settings {
             Err(error) => {
                 problem(
                     "upstream.base_url",
-                    format!(
-                        "'{}' is not a valid URL ({error})",
-                        self.upstream.base_url
-                    ),
+                    format!("'{}' is not a valid URL ({error})", self.upstream.base_url),
                 );
                 None
             }
@@ -314,13 +317,15 @@ impl Settings {
                 }
                 Some(id) => id.to_string(),
             };
-            if bot.default {
-                if let Some(previous) = default_alias.replace(alias.clone()) {
-                    problem(
-                        &format!("{key}.default"),
-                        format!("bot '{previous}' is already the default; only one bot may set default = true"),
-                    );
-                }
+            if bot.default
+                && let Some(previous) = default_alias.replace(alias.clone())
+            {
+                problem(
+                    &format!("{key}.default"),
+                    format!(
+                        "bot '{previous}' is already the default; only one bot may set default = true"
+                    ),
+                );
             }
             let own_secret = resolve_secret(
                 &key,
@@ -501,7 +506,8 @@ impl Credentials {
         let secret = self.client_secret.expose_secret();
         let pair = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{secret}", self.client_id));
-        text.replace(&pair, "[REDACTED]").replace(secret, "[REDACTED]")
+        text.replace(&pair, "[REDACTED]")
+            .replace(secret, "[REDACTED]")
     }
 }
 
@@ -524,8 +530,12 @@ pub struct BotRegistry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BotLookupError {
     /// No alias given and no single or default bot to fall back on.
-    Missing { configured: Vec<String> },
-    Unknown { configured: Vec<String> },
+    Missing {
+        configured: Vec<String>,
+    },
+    Unknown {
+        configured: Vec<String>,
+    },
 }
 
 impl fmt::Display for BotLookupError {

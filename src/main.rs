@@ -10,7 +10,11 @@ use jelou_relay::config::{self, Environment, RelayConfig, Settings, UpstreamMode
 use jelou_relay::{api, telemetry};
 
 #[derive(Parser)]
-#[command(name = "jelou-relay", version, about = "Send WhatsApp Flow messages through Jelou")]
+#[command(
+    name = "jelou-relay",
+    version,
+    about = "Send WhatsApp Flow messages through Jelou"
+)]
 struct Cli {
     /// Folder holding default.toml and {APP_ENVIRONMENT}.toml [default: $JELOU_RELAY_CONFIG_DIR or ./config]
     #[arg(long, global = true)]
@@ -97,7 +101,10 @@ fn serve(config: RelayConfig, settings: Settings) -> ExitCode {
     if let Err(message) = telemetry::init(&settings.log) {
         return fail(&message);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };

@@ -13,7 +13,8 @@ use wiremock::matchers::{any, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn forbidden_strings() -> Vec<String> {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
     vec![CLIENT_SECRET.to_string(), encoded]
 }
 
@@ -86,11 +87,19 @@ async fn no_log_line_or_answer_carries_the_secret_on_any_path() {
     // The upstream did receive the credentials: the test would be vacuous otherwise.
     let received = jelou.received_requests().await.unwrap();
     assert_eq!(received.len(), 3);
-    assert!(received[0].headers["authorization"].to_str().unwrap().contains(&forbidden_strings()[1]));
+    assert!(
+        received[0].headers["authorization"]
+            .to_str()
+            .unwrap()
+            .contains(&forbidden_strings()[1])
+    );
 
     assert!(relay.terminate(Duration::from_secs(10)).success());
     let logs = relay.output();
-    assert!(logs.contains("Jelou refused the relay's credentials"), "the error path was logged");
+    assert!(
+        logs.contains("Jelou refused the relay's credentials"),
+        "the error path was logged"
+    );
     assert!(logs.lines().count() > 20, "trace logging was on:\n{logs}");
     assert_clean("the logs", &logs);
 }
@@ -107,13 +116,19 @@ fn configuration_errors_and_summaries_never_print_the_secret() {
         ("JELOU_RELAY__BOTS__VENTAS__ID", "a/b"),
         ("JELOU_RELAY__BOTS__VENTAS__CLIENT_ID", CLIENT_ID),
         ("JELOU_RELAY__BOTS__VENTAS__CLIENT_SECRET", CLIENT_SECRET),
-        ("JELOU_RELAY__BOTS__VENTAS__CLIENT_SECRET_FILE", file.as_str()),
+        (
+            "JELOU_RELAY__BOTS__VENTAS__CLIENT_SECRET_FILE",
+            file.as_str(),
+        ),
     ];
     let good = [
         ("APP_ENVIRONMENT", "production"),
         ("JELOU_RELAY__BOTS__VENTAS__ID", BOT_ID),
         ("JELOU_RELAY__BOTS__VENTAS__CLIENT_ID", CLIENT_ID),
-        ("JELOU_RELAY__BOTS__VENTAS__CLIENT_SECRET_FILE", file.as_str()),
+        (
+            "JELOU_RELAY__BOTS__VENTAS__CLIENT_SECRET_FILE",
+            file.as_str(),
+        ),
     ];
     for env in [&bad[..], &good[..]] {
         for command in ["check-config", "serve"] {
@@ -138,5 +153,8 @@ fn debug_output_of_settings_and_config_is_redacted() {
     let config = settings.validate(Environment::Local).unwrap();
     assert_clean("Settings' Debug", &format!("{settings:?}"));
     assert_clean("RelayConfig's Debug", &format!("{config:?}"));
-    assert_clean("Bot's Debug", &format!("{:?}", config.bots.resolve(None).unwrap()));
+    assert_clean(
+        "Bot's Debug",
+        &format!("{:?}", config.bots.resolve(None).unwrap()),
+    );
 }

@@ -44,9 +44,15 @@ async fn seed_example_reaches_jelou_exactly_as_documented() {
     let received = jelou.received_requests().await.unwrap();
     assert_eq!(received.len(), 1);
     let request = &received[0];
-    assert_eq!(request.url.path(), "/v1/bots/BOT_ID/users/593987654321/flow_message");
+    assert_eq!(
+        request.url.path(),
+        "/v1/bots/BOT_ID/users/593987654321/flow_message"
+    );
     assert_eq!(request.url.query(), None);
-    assert_eq!(request.headers["authorization"], expected_authorization().as_str());
+    assert_eq!(
+        request.headers["authorization"],
+        expected_authorization().as_str()
+    );
     assert_eq!(request.headers["content-type"], "application/json");
     assert_eq!(request.headers["x-request-id"], "caller-req-1");
     let sent: Value = serde_json::from_slice(&request.body).unwrap();
@@ -86,7 +92,10 @@ async fn every_optional_member_is_mapped_and_type_goes_to_the_query() {
 
     let request = &jelou.received_requests().await.unwrap()[0];
     let pairs: Vec<(String, String)> = request.url.query_pairs().into_owned().collect();
-    assert_eq!(pairs, vec![("type".to_string(), "passed on as ?type=".to_string())]);
+    assert_eq!(
+        pairs,
+        vec![("type".to_string(), "passed on as ?type=".to_string())]
+    );
     let sent: Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(
         sent,
@@ -149,7 +158,10 @@ async fn bot_may_be_omitted_with_a_single_bot_and_chosen_by_default_otherwise() 
     let body: Value = several.send(&message).await.json().await.unwrap();
     assert_eq!(body["bot"], "soporte");
     let last = jelou.received_requests().await.unwrap().pop().unwrap();
-    assert_eq!(last.url.path(), "/v1/bots/BOT_2/users/593987654321/flow_message");
+    assert_eq!(
+        last.url.path(),
+        "/v1/bots/BOT_2/users/593987654321/flow_message"
+    );
 }
 
 #[tokio::test]
@@ -179,7 +191,10 @@ async fn bot_credentials_override_shared_ones() {
         base64::engine::general_purpose::STANDARD.encode("shared-id:shared-secret")
     );
     let received = jelou.received_requests().await.unwrap();
-    assert_eq!(received[0].headers["authorization"], expected_authorization().as_str());
+    assert_eq!(
+        received[0].headers["authorization"],
+        expected_authorization().as_str()
+    );
     assert_eq!(received[1].headers["authorization"], shared.as_str());
 }
 
@@ -226,7 +241,9 @@ async fn dry_run_still_reports_validation_errors() {
     let (app, jelou) = spawn_app().await;
     let mut message = seed_message();
     message["title"] = json!("");
-    let response = app.post_json("/v1/flow-messages?dry_run=true", &message).await;
+    let response = app
+        .post_json("/v1/flow-messages?dry_run=true", &message)
+        .await;
     let problem = assert_problem(response, 422, "validation_failed").await;
     assert_eq!(error_fields(&problem), vec!["title"]);
     assert!(jelou.received_requests().await.unwrap().is_empty());
@@ -274,7 +291,10 @@ async fn request_ids_are_generated_or_sanitized_and_sent_upstream() {
         .await;
 
     let generated = app.send(&seed_message()).await;
-    let id = generated.headers()["x-request-id"].to_str().unwrap().to_string();
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(id.len(), 36, "a UUID is generated: {id}");
     let body: Value = generated.json().await.unwrap();
     assert_eq!(body["request_id"], id.as_str());
@@ -288,13 +308,20 @@ async fn request_ids_are_generated_or_sanitized_and_sent_upstream() {
             .send()
             .await
             .unwrap();
-        let replaced = response.headers()["x-request-id"].to_str().unwrap().to_string();
+        let replaced = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
         assert_ne!(replaced, hostile);
         assert_eq!(replaced.len(), 36);
     }
     let received = jelou.received_requests().await.unwrap();
     assert_eq!(received[0].headers["x-request-id"], id.as_str());
-    assert!(received.iter().all(|r| r.headers["x-request-id"].len() == 36));
+    assert!(
+        received
+            .iter()
+            .all(|r| r.headers["x-request-id"].len() == 36)
+    );
 }
 
 #[tokio::test]
@@ -302,10 +329,16 @@ async fn probes_answer() {
     let (app, _jelou) = spawn_app().await;
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    assert_eq!(health.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    assert_eq!(ready.json::<Value>().await.unwrap(), json!({"status": "ready"}));
+    assert_eq!(
+        ready.json::<Value>().await.unwrap(),
+        json!({"status": "ready"})
+    );
 }
 
 #[tokio::test]

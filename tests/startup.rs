@@ -21,7 +21,9 @@ const PRODUCTION_OK: &[(&str, &str)] = &[
     ("JELOU_RELAY__UPSTREAM__CLIENT_SECRET", CLIENT_SECRET),
 ];
 
-fn production_with(overrides: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+fn production_with(
+    overrides: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, &'static str)> {
     let mut env: Vec<_> = PRODUCTION_OK
         .iter()
         .filter(|(key, _)| !overrides.iter().any(|(k, _)| k == key))
@@ -43,22 +45,61 @@ fn production_with_credentials_is_accepted() {
 #[test]
 fn production_refuses_each_unsafe_configuration() {
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[("JELOU_RELAY__UPSTREAM__MODE", "sandbox")], "config error: upstream.mode: is 'sandbox' in production"),
-        (&[("JELOU_RELAY__UPSTREAM__CLIENT_SECRET", "")], "config error: bots.ventas: no client_secret"),
-        (&[("JELOU_RELAY__UPSTREAM__CLIENT_ID", "")], "config error: bots.ventas: no client_id"),
-        (&[("JELOU_RELAY__UPSTREAM__BASE_URL", "http://api.jelou.example")], "config error: upstream.base_url: 'http://api.jelou.example' is not https"),
-        (&[("JELOU_RELAY__BOTS__VENTAS__ID", "")], "config error: bots: no bot configured"),
-        (&[("JELOU_RELAY__UPSTREAM__CLIENT_SECRET_FILE", "/nonexistent/secret")], "config error: upstream.client_secret_file: set either"),
-        (&[("JELOU_RELAY__SERVER__PROT", "8080")], "unknown field `prot`"),
-        (&[("JELOU_RELAY__SERVER__PORT", "eighty")], "config error: configuration:"),
-        (&[("APP_ENVIRONMENT", "staging")], "config error: APP_ENVIRONMENT: unknown environment 'staging'"),
-        (&[("JELOU_RELAY__LOG__LEVEL", "[[[")], "config error: log.level"),
+        (
+            &[("JELOU_RELAY__UPSTREAM__MODE", "sandbox")],
+            "config error: upstream.mode: is 'sandbox' in production",
+        ),
+        (
+            &[("JELOU_RELAY__UPSTREAM__CLIENT_SECRET", "")],
+            "config error: bots.ventas: no client_secret",
+        ),
+        (
+            &[("JELOU_RELAY__UPSTREAM__CLIENT_ID", "")],
+            "config error: bots.ventas: no client_id",
+        ),
+        (
+            &[(
+                "JELOU_RELAY__UPSTREAM__BASE_URL",
+                "http://api.jelou.example",
+            )],
+            "config error: upstream.base_url: 'http://api.jelou.example' is not https",
+        ),
+        (
+            &[("JELOU_RELAY__BOTS__VENTAS__ID", "")],
+            "config error: bots: no bot configured",
+        ),
+        (
+            &[(
+                "JELOU_RELAY__UPSTREAM__CLIENT_SECRET_FILE",
+                "/nonexistent/secret",
+            )],
+            "config error: upstream.client_secret_file: set either",
+        ),
+        (
+            &[("JELOU_RELAY__SERVER__PROT", "8080")],
+            "unknown field `prot`",
+        ),
+        (
+            &[("JELOU_RELAY__SERVER__PORT", "eighty")],
+            "config error: configuration:",
+        ),
+        (
+            &[("APP_ENVIRONMENT", "staging")],
+            "config error: APP_ENVIRONMENT: unknown environment 'staging'",
+        ),
+        (
+            &[("JELOU_RELAY__LOG__LEVEL", "[[[")],
+            "config error: log.level",
+        ),
     ];
     for (overrides, expected) in cases {
         let env = production_with(overrides);
         let (ok, _, stderr) = check_config(&env);
         assert!(!ok, "{overrides:?} was accepted");
-        assert!(stderr.contains(expected), "{overrides:?}: expected {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{overrides:?}: expected {expected:?} in:\n{stderr}"
+        );
         assert!(!stderr.contains(CLIENT_SECRET), "{stderr}");
     }
 }
@@ -81,7 +122,10 @@ fn every_problem_is_reported_at_once_one_per_line() {
     assert!(!ok);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 3, "{stderr}");
-    assert!(lines.iter().all(|l| l.starts_with("config error: ")), "{stderr}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("config error: ")),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -102,7 +146,10 @@ fn secret_file_is_read_and_trimmed() {
     std::fs::write(&file, "").unwrap();
     let (ok, _, stderr) = check_config(&env);
     assert!(!ok);
-    assert!(stderr.contains("config error: bots.ventas.client_secret_file:"), "{stderr}");
+    assert!(
+        stderr.contains("config error: bots.ventas.client_secret_file:"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -111,7 +158,10 @@ fn serve_refuses_to_start_in_production_without_credentials() {
     let output = relay_command(&["serve"], &env).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("config error: bots.ventas: no client_secret"), "{stderr}");
+    assert!(
+        stderr.contains("config error: bots.ventas: no client_secret"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -125,7 +175,11 @@ fn local_starts_in_sandbox_without_any_credentials() {
     let response = post_seed(&relay.url("/v1/flow-messages"));
     assert_eq!(response.0, 200, "{}", response.1);
     assert!(response.1.contains("\"sandbox\":true"), "{}", response.1);
-    assert!(relay.terminate(std::time::Duration::from_secs(10)).success());
+    assert!(
+        relay
+            .terminate(std::time::Duration::from_secs(10))
+            .success()
+    );
 }
 
 /// POSTs the seed example from a synchronous test.

@@ -25,7 +25,10 @@ fn jelou_error(status: u16, code: &str, description: &str) -> ResponseTemplate {
 
 async fn run(row: Row) -> (Value, reqwest::header::HeaderMap) {
     let (app, jelou) = spawn_app().await;
-    Mock::given(any()).respond_with(row.upstream).mount(&jelou).await;
+    Mock::given(any())
+        .respond_with(row.upstream)
+        .mount(&jelou)
+        .await;
     let response = app.send(&seed_message()).await;
     let headers = response.headers().clone();
     let problem = assert_problem(response, row.status, row.code).await;
@@ -62,8 +65,9 @@ async fn jelou_refusing_the_message_is_422_upstream_rejected() {
 #[tokio::test]
 async fn description_is_also_read_from_message() {
     let (problem, _) = run(Row {
-        upstream: ResponseTemplate::new(400)
-            .set_body_json(json!({"code": "message_could_not_be_send", "message": "window closed"})),
+        upstream: ResponseTemplate::new(400).set_body_json(
+            json!({"code": "message_could_not_be_send", "message": "window closed"}),
+        ),
         status: 422,
         code: "upstream_rejected",
         delivery: "not_sent",
@@ -75,7 +79,11 @@ async fn description_is_also_read_from_message() {
 
 #[tokio::test]
 async fn jelou_refusing_the_relay_is_502_upstream_auth_failed_without_details() {
-    for (status, code) in [(401, "unauthorized"), (403, "forbidden_bot"), (404, "bot_not_found")] {
+    for (status, code) in [
+        (401, "unauthorized"),
+        (403, "forbidden_bot"),
+        (404, "bot_not_found"),
+    ] {
         let (problem, _) = run(Row {
             upstream: jelou_error(status, code, "clientId relay-client is not valid"),
             status: 502,
@@ -153,7 +161,8 @@ async fn a_redirect_is_not_followed() {
         .respond_with(ResponseTemplate::new(307).insert_header("location", "/elsewhere"))
         .mount(&jelou)
         .await;
-    let problem = assert_problem(app.send(&seed_message()).await, 502, "upstream_unavailable").await;
+    let problem =
+        assert_problem(app.send(&seed_message()).await, 502, "upstream_unavailable").await;
     assert_eq!(problem["delivery"], "unknown");
     assert_eq!(jelou.received_requests().await.unwrap().len(), 1);
 }
@@ -167,7 +176,8 @@ async fn connection_refused_is_not_sent() {
         .unwrap()
         .port();
     let app = spawn_with(settings_for(&format!("http://127.0.0.1:{port}"))).await;
-    let problem = assert_problem(app.send(&seed_message()).await, 502, "upstream_unavailable").await;
+    let problem =
+        assert_problem(app.send(&seed_message()).await, 502, "upstream_unavailable").await;
     assert_eq!(problem["delivery"], "not_sent");
     assert_eq!(problem["retryable"], true);
 }
@@ -176,7 +186,11 @@ async fn connection_refused_is_not_sent() {
 async fn a_slow_jelou_is_504_with_delivery_unknown() {
     let jelou = MockServer::start().await;
     Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})).set_delay(Duration::from_secs(3)))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({}))
+                .set_delay(Duration::from_secs(3)),
+        )
         .mount(&jelou)
         .await;
     let mut settings = settings_for(&jelou.uri());
@@ -196,7 +210,10 @@ async fn resetting_upstream() -> (String, tokio::task::JoinHandle<usize>) {
         let (mut socket, _) = listener.accept().await.unwrap();
         let mut buffer = vec![0u8; 64 * 1024];
         let read = socket.read(&mut buffer).await.unwrap();
-        socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-le").await.ok();
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-le")
+            .await
+            .ok();
         drop(socket);
         read
     });
@@ -207,8 +224,12 @@ async fn resetting_upstream() -> (String, tokio::task::JoinHandle<usize>) {
 async fn a_connection_dropped_mid_response_leaves_delivery_unknown() {
     let (address, upstream) = resetting_upstream().await;
     let app = spawn_with(settings_for(&address)).await;
-    let problem = assert_problem(app.send(&seed_message()).await, 502, "upstream_unavailable").await;
+    let problem =
+        assert_problem(app.send(&seed_message()).await, 502, "upstream_unavailable").await;
     assert_eq!(problem["delivery"], "unknown");
     assert_eq!(problem["retryable"], false);
-    assert!(upstream.await.unwrap() > 0, "the request reached the stand-in");
+    assert!(
+        upstream.await.unwrap() > 0,
+        "the request reached the stand-in"
+    );
 }

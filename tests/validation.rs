@@ -32,10 +32,19 @@ fn with(pointer: &str, value: Value) -> Value {
 async fn check(app: &TestApp, message: Value, rejected_field: Option<&str>) {
     let response = app.send(&message).await;
     match rejected_field {
-        None => assert_eq!(response.status(), 200, "{message}: {}", response.text().await.unwrap()),
+        None => assert_eq!(
+            response.status(),
+            200,
+            "{message}: {}",
+            response.text().await.unwrap()
+        ),
         Some(field) => {
             let problem = assert_problem(response, 422, "validation_failed").await;
-            assert_eq!(error_fields(&problem), vec![field.to_string()], "{message}: {problem}");
+            assert_eq!(
+                error_fields(&problem),
+                vec![field.to_string()],
+                "{message}: {problem}"
+            );
             assert_eq!(problem["delivery"], "not_sent");
             assert_eq!(problem["retryable"], false);
         }
@@ -55,7 +64,12 @@ async fn text_lengths_at_and_past_the_limit_in_multibyte_characters() {
     for (pointer, max, field) in cases {
         for unit in ["a", "ñ", "中"] {
             check(&app, with(pointer, json!(unit.repeat(max))), None).await;
-            check(&app, with(pointer, json!(unit.repeat(max + 1))), Some(field)).await;
+            check(
+                &app,
+                with(pointer, json!(unit.repeat(max + 1))),
+                Some(field),
+            )
+            .await;
             accepted += 1;
         }
     }
@@ -133,7 +147,10 @@ async fn phone_formats() {
     ] {
         check(&app, with("/to", json!(raw)), Some("to")).await;
     }
-    assert_eq!(jelou.received_requests().await.unwrap().len(), accepted.len());
+    assert_eq!(
+        jelou.received_requests().await.unwrap().len(),
+        accepted.len()
+    );
 }
 
 #[tokio::test]
@@ -145,7 +162,12 @@ async fn flow_fields() {
     check(&app, with("/flow/mode", json!("live")), Some("flow.mode")).await;
     check(&app, with("/flow/mode", json!("draft")), None).await;
     check(&app, with("/flow/mode", json!("published")), None).await;
-    check(&app, with("/flow/action", json!("jump")), Some("flow.action")).await;
+    check(
+        &app,
+        with("/flow/action", json!("jump")),
+        Some("flow.action"),
+    )
+    .await;
     check(&app, with("/flow/action", json!("navigate")), None).await;
     check(&app, with("/flow/action", json!("data_exchange")), None).await;
     let mut message = seed_message();
@@ -160,7 +182,12 @@ async fn flow_fields() {
 async fn unknown_fields_are_rejected_everywhere() {
     let (app, jelou) = app_accepting_everything().await;
     check(&app, with("/titel", json!("typo")), Some("titel")).await;
-    check(&app, with("/flow/screne", json!("typo")), Some("flow.screne")).await;
+    check(
+        &app,
+        with("/flow/screne", json!("typo")),
+        Some("flow.screne"),
+    )
+    .await;
     assert!(jelou.received_requests().await.unwrap().is_empty());
 }
 
@@ -170,7 +197,10 @@ async fn wrong_types_are_named() {
     let response = app.send(&with("/title", json!(42))).await;
     let problem = assert_problem(response, 422, "validation_failed").await;
     assert_eq!(problem["errors"][0]["field"], "title");
-    assert_eq!(problem["errors"][0]["message"], "must be a string, not a number");
+    assert_eq!(
+        problem["errors"][0]["message"],
+        "must be a string, not a number"
+    );
     check(&app, with("/to", json!(593987654321u64)), Some("to")).await;
     check(&app, with("/bot", json!(true)), Some("bot")).await;
 }
@@ -194,7 +224,17 @@ async fn every_field_error_is_reported_at_once() {
     fields.sort();
     assert_eq!(
         fields,
-        vec!["bot", "caption", "extra", "flow.cta", "flow.data", "flow.name", "text", "title", "to"]
+        vec![
+            "bot",
+            "caption",
+            "extra",
+            "flow.cta",
+            "flow.data",
+            "flow.name",
+            "text",
+            "title",
+            "to"
+        ]
     );
     assert!(jelou.received_requests().await.unwrap().is_empty());
 }
@@ -207,7 +247,15 @@ async fn unknown_or_missing_bot_alias() {
     assert_eq!(error_fields(&problem), vec!["bot"]);
     assert_eq!(problem["delivery"], "not_sent");
 
-    for hostile in ["../admin", "a/b", "ventas%2F..", "ventas?x", "ventas#x", "ventas\r\n", "ventas\u{0}"] {
+    for hostile in [
+        "../admin",
+        "a/b",
+        "ventas%2F..",
+        "ventas?x",
+        "ventas#x",
+        "ventas\r\n",
+        "ventas\u{0}",
+    ] {
         check(&app, with("/bot", json!(hostile)), Some("bot")).await;
     }
     assert!(jelou.received_requests().await.unwrap().is_empty());
@@ -264,14 +312,25 @@ async fn malformed_bodies_are_400() {
 async fn content_type_must_be_json() {
     let (app, jelou) = app_accepting_everything().await;
     let body = seed_message().to_string();
-    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
-        let mut request = app.client.post(app.url("/v1/flow-messages")).body(body.clone());
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut request = app
+            .client
+            .post(app.url("/v1/flow-messages"))
+            .body(body.clone());
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
         assert_problem(request.send().await.unwrap(), 415, "unsupported_media_type").await;
     }
-    for content_type in ["application/json; charset=utf-8", "Application/JSON", "application/vnd.api+json"] {
+    for content_type in [
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/vnd.api+json",
+    ] {
         let response = app
             .client
             .post(app.url("/v1/flow-messages"))
@@ -328,7 +387,12 @@ async fn unknown_routes_and_methods_are_problems() {
     let (app, _jelou) = app_accepting_everything().await;
     let response = app.client.get(app.url("/v1/nope")).send().await.unwrap();
     assert_problem(response, 404, "not_found").await;
-    let response = app.client.get(app.url("/v1/flow-messages")).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/v1/flow-messages"))
+        .send()
+        .await
+        .unwrap();
     assert_problem(response, 405, "method_not_allowed").await;
     let response = app.client.delete(app.url("/healthz")).send().await.unwrap();
     assert_problem(response, 405, "method_not_allowed").await;

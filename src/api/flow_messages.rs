@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use http::{HeaderMap, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -210,7 +210,10 @@ async fn handle(
     let (message, bot) = match (parsed, bot) {
         (Ok(message), Ok(bot)) => (message, bot),
         (Ok(_), Err(lookup)) => {
-            return Err(ApiError::UnknownBot(vec![FieldError::new("bot", lookup.to_string())]));
+            return Err(ApiError::UnknownBot(vec![FieldError::new(
+                "bot",
+                lookup.to_string(),
+            )]));
         }
         (Err(mut errors), bot) => {
             if let (Err(lookup), false) = (bot, errors.iter().any(|e| e.field == "bot")) {
@@ -269,7 +272,9 @@ fn parse_query(query: Option<&str>) -> Result<bool, ApiError> {
         match (key.as_ref(), value.as_ref()) {
             ("dry_run", "true" | "1" | "") => dry_run = true,
             ("dry_run", "false" | "0") => dry_run = false,
-            ("dry_run", _) => errors.push(FieldError::new("query.dry_run", "must be true or false")),
+            ("dry_run", _) => {
+                errors.push(FieldError::new("query.dry_run", "must be true or false"))
+            }
             (other, _) => errors.push(FieldError::new(
                 format!("query.{}", other.chars().take(64).collect::<String>()),
                 "is not a known query parameter (only dry_run is)",
@@ -289,7 +294,12 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let is_json = essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"));
     if is_json {
@@ -303,7 +313,11 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -312,11 +326,11 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<byte
         return Err(ApiError::PayloadTooLarge { limit });
     }
     axum::body::to_bytes(body, limit).await.map_err(|error| {
-        let too_large = std::iter::successors(
-            Some(&error as &(dyn std::error::Error + 'static)),
-            |e| e.source(),
-        )
-        .any(|e| e.is::<http_body_util::LengthLimitError>());
+        let too_large =
+            std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
         if too_large {
             ApiError::PayloadTooLarge { limit }
         } else {
@@ -360,7 +374,10 @@ fn log_failure(error: &ApiError) {
             if let Some(upstream) = upstream {
                 span.record("upstream_status", upstream.status);
             }
-            let code = upstream.as_ref().and_then(|u| u.code.as_deref()).unwrap_or("");
+            let code = upstream
+                .as_ref()
+                .and_then(|u| u.code.as_deref())
+                .unwrap_or("");
             let description = upstream
                 .as_ref()
                 .and_then(|u| u.description.as_deref())
@@ -372,7 +389,11 @@ fn log_failure(error: &ApiError) {
                     "Jelou refused the relay's credentials or bot: fix the configuration"
                 ),
                 FailureKind::Rejected => {
-                    tracing::info!(upstream_code = code, upstream_description = description, "Jelou rejected the message")
+                    tracing::info!(
+                        upstream_code = code,
+                        upstream_description = description,
+                        "Jelou rejected the message"
+                    )
                 }
                 _ => tracing::warn!(?kind, ?delivery, detail, "delivery failed"),
             }

@@ -79,31 +79,49 @@ impl ApiError {
     fn describe(&self) -> (StatusCode, &'static str, &'static str, bool) {
         use StatusCode as S;
         match self {
-            ApiError::MalformedJson(_) => (S::BAD_REQUEST, "malformed_json", "Malformed JSON", false),
+            ApiError::MalformedJson(_) => {
+                (S::BAD_REQUEST, "malformed_json", "Malformed JSON", false)
+            }
             ApiError::UnsupportedMediaType(_) => (
                 S::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "Unsupported media type",
                 false,
             ),
-            ApiError::PayloadTooLarge { .. } => {
-                (S::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large", false)
-            }
-            ApiError::BodyReadFailed(_) => {
-                (S::BAD_REQUEST, "body_read_failed", "Request body could not be read", true)
-            }
+            ApiError::PayloadTooLarge { .. } => (
+                S::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+                false,
+            ),
+            ApiError::BodyReadFailed(_) => (
+                S::BAD_REQUEST,
+                "body_read_failed",
+                "Request body could not be read",
+                true,
+            ),
             ApiError::Validation(_) => (
                 S::UNPROCESSABLE_ENTITY,
                 "validation_failed",
                 "The message is not valid",
                 false,
             ),
-            ApiError::UnknownBot(_) => (S::UNPROCESSABLE_ENTITY, "unknown_bot", "Unknown bot", false),
-            ApiError::NotFound => (S::NOT_FOUND, "not_found", "Not found", false),
-            ApiError::MethodNotAllowed => {
-                (S::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", false)
+            ApiError::UnknownBot(_) => {
+                (S::UNPROCESSABLE_ENTITY, "unknown_bot", "Unknown bot", false)
             }
-            ApiError::Internal => (S::INTERNAL_SERVER_ERROR, "internal_error", "Internal error", false),
+            ApiError::NotFound => (S::NOT_FOUND, "not_found", "Not found", false),
+            ApiError::MethodNotAllowed => (
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+                false,
+            ),
+            ApiError::Internal => (
+                S::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Internal error",
+                false,
+            ),
             ApiError::Delivery(failure) => {
                 let not_sent = failure.delivery == DeliveryState::NotSent;
                 match failure.kind {
@@ -125,9 +143,12 @@ impl ApiError {
                         "Jelou is unavailable",
                         not_sent,
                     ),
-                    FailureKind::RateLimited => {
-                        (S::TOO_MANY_REQUESTS, "rate_limited", "Rate limited", not_sent)
-                    }
+                    FailureKind::RateLimited => (
+                        S::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        "Rate limited",
+                        not_sent,
+                    ),
                     FailureKind::DeadlineExceeded => (
                         S::GATEWAY_TIMEOUT,
                         "deadline_exceeded",
@@ -147,13 +168,16 @@ impl ApiError {
             ApiError::PayloadTooLarge { limit } => {
                 format!("the request body is larger than the limit of {limit} bytes")
             }
-            ApiError::Validation(errors) => format!(
-                "{} field error(s); see `errors`",
-                errors.len()
-            ),
-            ApiError::UnknownBot(_) => "the bot alias is not configured on this relay; see `errors`".into(),
+            ApiError::Validation(errors) => {
+                format!("{} field error(s); see `errors`", errors.len())
+            }
+            ApiError::UnknownBot(_) => {
+                "the bot alias is not configured on this relay; see `errors`".into()
+            }
             ApiError::Delivery(failure) => failure.detail.clone(),
-            ApiError::NotFound => "no such route; the API is POST /v1/flow-messages (see /docs)".into(),
+            ApiError::NotFound => {
+                "no such route; the API is POST /v1/flow-messages (see /docs)".into()
+            }
             ApiError::MethodNotAllowed => "this route does not accept that method".into(),
             ApiError::Internal => "the relay failed unexpectedly; the message was not sent".into(),
         }
@@ -186,7 +210,9 @@ impl ApiError {
                     failure.delivery,
                     Some(failure.attempts),
                     upstream,
-                    failure.retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+                    failure
+                        .retry_after
+                        .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
                 )
             }
             _ => (Vec::new(), DeliveryState::NotSent, None, None, None),

@@ -55,7 +55,14 @@ mod tests {
     fn accepts_tokens_refuses_the_rest() {
         assert!(is_acceptable(b"0f8fad5b-d9cb-469f-a165-70867728950e"));
         assert!(is_acceptable(b"svc.orders:42_a"));
-        for bad in [&b""[..], b"a b", b"a\r\nb", b"<script>", b"a/b", &[b'a'; 129]] {
+        for bad in [
+            &b""[..],
+            b"a b",
+            b"a\r\nb",
+            b"<script>",
+            b"a/b",
+            &[b'a'; 129],
+        ] {
             assert!(!is_acceptable(bad), "{bad:?}");
         }
     }

@@ -147,7 +147,12 @@ pub fn classify_transport(error: &reqwest::Error) -> DeliveryFailure {
 
 /// `Retry-After` (delta-seconds or HTTP-date), else `X-RateLimit-Reset` (seconds).
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(value) = text(header::RETRY_AFTER) {
         if let Ok(seconds) = value.parse::<u64>() {
             return Some(Duration::from_secs(seconds));
@@ -203,7 +208,11 @@ mod tests {
         ];
         for (status, kind, delivery) in cases {
             let failure = classify(status, b"").unwrap_err();
-            assert_eq!((failure.kind, failure.delivery), (kind, delivery), "{status}");
+            assert_eq!(
+                (failure.kind, failure.delivery),
+                (kind, delivery),
+                "{status}"
+            );
         }
         let failure = classify(404, br#"{"code":"bot_not_found","message":"no"}"#).unwrap_err();
         assert_eq!(failure.kind, FailureKind::AuthFailed);

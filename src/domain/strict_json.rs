@@ -122,16 +122,25 @@ mod tests {
 
     #[test]
     fn refuses_duplicates_at_any_depth() {
-        assert!(parse_object(br#"{"to": "1", "to": "2"}"#)
-            .unwrap_err()
-            .0
-            .contains("duplicate key \"to\""));
+        assert!(
+            parse_object(br#"{"to": "1", "to": "2"}"#)
+                .unwrap_err()
+                .0
+                .contains("duplicate key \"to\"")
+        );
         assert!(parse_object(br#"{"flow": {"cta": "a", "cta": "b"}}"#).is_err());
     }
 
     #[test]
     fn refuses_non_objects_trailing_data_and_bad_utf8() {
-        for body in [&b"[]"[..], b"\"x\"", b"null", b"{} {}", b"{\"a\": \"\xff\"}", b""] {
+        for body in [
+            &b"[]"[..],
+            b"\"x\"",
+            b"null",
+            b"{} {}",
+            b"{\"a\": \"\xff\"}",
+            b"",
+        ] {
             assert!(parse_object(body).is_err(), "{body:?}");
         }
     }

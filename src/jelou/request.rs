@@ -66,10 +66,11 @@ pub fn build_outbound(
     request_id: String,
 ) -> Outbound {
     let flow = &message.flow;
-    let flow_action_payload = (flow.screen.is_some() || flow.data.is_some()).then(|| ActionPayload {
-        screen: flow.screen.as_deref(),
-        data: flow.data.as_ref(),
-    });
+    let flow_action_payload =
+        (flow.screen.is_some() || flow.data.is_some()).then_some(ActionPayload {
+            screen: flow.screen.as_deref(),
+            data: flow.data.as_ref(),
+        });
     let body = Body {
         title: message.title.as_str(),
         text: message.text.as_str(),
@@ -87,7 +88,12 @@ pub fn build_outbound(
     // Serializing borrowed strings and maps of JSON values cannot fail.
     let body = serde_json::to_vec(&body).unwrap_or_default();
     Outbound {
-        url: upstream_url(base, &bot.id, message.to.as_str(), message.flow_type.as_deref()),
+        url: upstream_url(
+            base,
+            &bot.id,
+            message.to.as_str(),
+            message.flow_type.as_deref(),
+        ),
         bot,
         recipient: message.to.clone(),
         body: Bytes::from(body),

@@ -5,7 +5,9 @@ use std::task::{Context, Poll};
 
 use serde_json::{Value, json};
 
-use crate::delivery::{Delivered, DeliveryFailure, DeliveryState, FailureKind, Outbound, UpstreamError};
+use crate::delivery::{
+    Delivered, DeliveryFailure, DeliveryState, FailureKind, Outbound, UpstreamError,
+};
 
 /// Stands in for Jelou; logs what would have been sent, with the recipient masked.
 #[derive(Clone, Debug, Default)]
@@ -16,10 +18,16 @@ impl Sandbox {
         let body: Value = serde_json::from_slice(&outbound.body).unwrap_or(Value::Null);
         // The same required members Jelou checks; the relay's own validation makes a
         // failure here a relay bug, reported as Jelou would report it.
-        let missing: Vec<&str> = ["/title", "/text", "/caption", "/parameters/flow_name", "/parameters/flow_cta"]
-            .into_iter()
-            .filter(|pointer| !body.pointer(pointer).is_some_and(Value::is_string))
-            .collect();
+        let missing: Vec<&str> = [
+            "/title",
+            "/text",
+            "/caption",
+            "/parameters/flow_name",
+            "/parameters/flow_cta",
+        ]
+        .into_iter()
+        .filter(|pointer| !body.pointer(pointer).is_some_and(Value::is_string))
+        .collect();
         if !missing.is_empty() {
             return Err(DeliveryFailure {
                 kind: FailureKind::Rejected,

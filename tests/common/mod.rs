@@ -174,9 +174,15 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(body["status"], status, "{body}");
     assert_eq!(body["type"], format!("urn:jelou-relay:problem:{code}"));
-    assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
     assert_eq!(body["request_id"].as_str(), request_id.as_deref(), "{body}");
-    assert!(body["delivery"].is_string() && body["retryable"].is_boolean(), "{body}");
+    assert!(
+        body["delivery"].is_string() && body["retryable"].is_boolean(),
+        "{body}"
+    );
     body
 }
 
@@ -230,16 +236,22 @@ impl RelayProcess {
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         for (reader, port_tx) in [
-            (Box::new(stdout) as Box<dyn std::io::Read + Send>, Some(port_tx)),
+            (
+                Box::new(stdout) as Box<dyn std::io::Read + Send>,
+                Some(port_tx),
+            ),
             (Box::new(stderr), None),
         ] {
             let lines = lines.clone();
             std::thread::spawn(move || {
-                for line in std::io::BufReader::new(reader).lines().map_while(Result::ok) {
-                    if let (Some(tx), Ok(event)) = (&port_tx, serde_json::from_str::<Value>(&line)) {
-                        if let Some(port) = event["fields"]["port"].as_u64() {
-                            let _ = tx.send(port as u16);
-                        }
+                for line in std::io::BufReader::new(reader)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if let (Some(tx), Ok(event)) = (&port_tx, serde_json::from_str::<Value>(&line))
+                        && let Some(port) = event["fields"]["port"].as_u64()
+                    {
+                        let _ = tx.send(port as u16);
                     }
                     lines.lock().unwrap().push(line);
                 }
@@ -258,7 +270,9 @@ impl RelayProcess {
     /// Sends SIGTERM and waits for the exit status, at most `limit`.
     pub fn terminate(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
         assert!(killed.is_ok_and(|s| s.success()), "kill -TERM works");
         let deadline = std::time::Instant::now() + limit;
         loop {

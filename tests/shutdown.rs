@@ -1,0 +1,127 @@
+//! Graceful shutdown: readiness flips, in-flight requests finish, the process exits 0.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+async fn slow_jelou(delay: Duration) -> MockServer {
+    let jelou = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({}))
+                .set_delay(delay),
+        )
+        .mount(&jelou)
+        .await;
+    jelou
+}
+
+async fn wait_for_upstream_call(jelou: &MockServer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while jelou.received_requests().await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the request never reached Jelou");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn readiness_flips_and_an_in_flight_request_finishes() {
+    let jelou = slow_jelou(Duration::from_millis(800)).await;
+    let mut settings = settings_for(&jelou.uri());
+    settings.server.shutdown_delay_ms = 400;
+    let mut app = spawn_with(settings).await;
+
+    let in_flight = tokio::spawn(
+        app.client
+            .post(app.url("/v1/flow-messages"))
+            .json(&seed_message())
+            .send(),
+    );
+    wait_for_upstream_call(&jelou).await;
+    app.shutdown();
+
+    // During the shutdown delay the listener still answers, and says it is draining.
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        ready.json::<serde_json::Value>().await.unwrap(),
+        json!({"status": "draining"})
+    );
+
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap()["status"],
+        "sent"
+    );
+
+    let finished = app.finished.take().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), finished).await;
+    assert!(matches!(result, Ok(Ok(Ok(())))), "server stopped cleanly");
+    assert!(
+        app.client.get(app.url("/healthz")).send().await.is_err(),
+        "listener closed"
+    );
+}
+
+#[tokio::test]
+async fn the_drain_period_bounds_how_long_shutdown_waits() {
+    let jelou = slow_jelou(Duration::from_secs(30)).await;
+    let mut settings = settings_for(&jelou.uri());
+    settings.server.drain_timeout_ms = 300;
+    settings.upstream.request_timeout_ms = 60_000;
+    let mut app = spawn_with(settings).await;
+    let _in_flight = tokio::spawn(
+        app.client
+            .post(app.url("/v1/flow-messages"))
+            .json(&seed_message())
+            .send(),
+    );
+    wait_for_upstream_call(&jelou).await;
+    app.shutdown();
+    let finished = app.finished.take().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), finished).await;
+    assert!(
+        matches!(result, Ok(Ok(Ok(())))),
+        "stopped after the drain period, not after 30 s"
+    );
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let jelou = runtime.block_on(slow_jelou(Duration::from_millis(700)));
+    let uri = jelou.uri();
+    let mut relay = RelayProcess::start(&[
+        ("JELOU_RELAY__UPSTREAM__MODE", "jelou"),
+        ("JELOU_RELAY__UPSTREAM__BASE_URL", &uri),
+        ("JELOU_RELAY__BOTS__VENTAS__CLIENT_ID", CLIENT_ID),
+        ("JELOU_RELAY__BOTS__VENTAS__CLIENT_SECRET", CLIENT_SECRET),
+    ]);
+    let url = relay.url("/v1/flow-messages");
+    let in_flight = runtime.spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&seed_message())
+            .send()
+            .await
+    });
+    runtime.block_on(wait_for_upstream_call(&jelou));
+    let status = relay.terminate(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        relay.output()
+    );
+    let response = runtime.block_on(in_flight).unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let logs = relay.output();
+    assert!(logs.contains("shutdown requested"), "{logs}");
+    assert!(logs.contains("drained; exiting"), "{logs}");
+}
