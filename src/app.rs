@@ -28,6 +28,7 @@ use crate::api::openapi::ApiDoc;
 use crate::api::request_id::{X_REQUEST_ID, drop_unacceptable};
 use crate::api::{ApiError, RequestId};
 use crate::config::{BotRegistry, RelayConfig, UpstreamMode};
+use crate::delivery::idempotency::{IdempotencyStore, MemoryStore};
 use crate::delivery::{self, DeliveryService};
 use crate::jelou::{JelouClient, Sandbox};
 
@@ -40,17 +41,20 @@ pub struct AppState {
     pub sandbox: bool,
     pub delivery: DeliveryService,
     pub readiness: Readiness,
+    /// The default (and longest) deadline of a send.
+    pub deadline: Duration,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub idempotency_required: bool,
 }
 
 impl AppState {
     /// The state for `config`, with the delivery stack over Jelou or the sandbox.
     pub fn from_config(config: &RelayConfig) -> Result<AppState, String> {
         let delivery = match config.mode {
-            UpstreamMode::Sandbox => delivery::stack(Sandbox),
-            UpstreamMode::Jelou => delivery::stack(JelouClient::new(
-                config.connect_timeout,
-                config.request_timeout,
-            )?),
+            UpstreamMode::Sandbox => delivery::stack(config, Sandbox),
+            UpstreamMode::Jelou => {
+                delivery::stack(config, JelouClient::new(config.connect_timeout)?)
+            }
         };
         Ok(AppState {
             bots: Arc::new(config.bots.clone()),
@@ -59,6 +63,12 @@ impl AppState {
             sandbox: config.mode == UpstreamMode::Sandbox,
             delivery,
             readiness: Readiness::new(),
+            deadline: config.delivery.deadline,
+            idempotency: Arc::new(MemoryStore::new(
+                config.idempotency.retention,
+                config.idempotency.max_keys,
+            )),
+            idempotency_required: config.idempotency.required,
         })
     }
 }

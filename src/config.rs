@@ -56,7 +56,59 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     #[serde(default)]
     pub bots: BTreeMap<String, BotSettings>,
+    pub delivery: DeliverySettings,
+    pub recipients: RateSettings,
+    pub idempotency: IdempotencySettings,
     pub log: LogSettings,
+}
+
+/// Retries, deadline and load bounds of the outbound path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    pub deadline_ms: u64,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    pub retry_after_cap_ms: u64,
+    pub retry_budget_percent: f32,
+    pub retry_budget_min_per_second: u32,
+    #[serde(default)]
+    pub retry_unsafe: Vec<UnsafeRetry>,
+    pub max_in_flight: usize,
+    pub max_waiting: usize,
+    pub rate_limit_max_wait_ms: u64,
+}
+
+/// Failure classes whose outcome is unknown; retrying them may send a message twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum UnsafeRetry {
+    #[serde(rename = "500")]
+    InternalServerError,
+    #[serde(rename = "502")]
+    BadGateway,
+    #[serde(rename = "504")]
+    GatewayTimeout,
+    #[serde(rename = "timeout")]
+    Timeout,
+    #[serde(rename = "connection_lost")]
+    ConnectionLost,
+}
+
+/// A GCRA rate: `rate_per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSettings {
+    pub rate_per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencySettings {
+    pub required: bool,
+    pub retention_seconds: u64,
+    pub max_keys: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,7 +150,13 @@ pub struct BotSettings {
     pub client_secret_file: Option<PathBuf>,
     #[serde(default)]
     pub default: bool,
+    /// Messages per second this bot's WhatsApp number may send (WhatsApp's default: 80).
+    pub rate_per_second: Option<f64>,
+    pub burst: Option<u32>,
 }
+
+/// WhatsApp's default throughput for a business number.
+pub const DEFAULT_BOT_RATE: f64 = 80.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -181,7 +239,9 @@ impl Settings {
             .add_source(
                 config::Environment::with_prefix(ENV_PREFIX)
                     .prefix_separator("__")
-                    .separator("__"),
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("delivery.retry_unsafe"),
             )
             .build()
             .and_then(|c| c.try_deserialize::<Settings>());
@@ -270,6 +330,41 @@ impl Settings {
                 None
             }
         };
+
+        let d = &self.delivery;
+        for (key, value) in [
+            ("delivery.deadline_ms", d.deadline_ms),
+            ("delivery.backoff_base_ms", d.backoff_base_ms),
+            ("delivery.max_in_flight", d.max_in_flight as u64),
+            ("idempotency.retention_seconds", self.idempotency.retention_seconds),
+            ("idempotency.max_keys", self.idempotency.max_keys as u64),
+        ] {
+            if value == 0 {
+                problem(key, "must be greater than 0".into());
+            }
+        }
+        if !(1..=10).contains(&d.max_attempts) {
+            problem(
+                "delivery.max_attempts",
+                format!("must be 1 to 10 attempts in all (got {})", d.max_attempts),
+            );
+        }
+        if d.backoff_cap_ms < d.backoff_base_ms {
+            problem(
+                "delivery.backoff_cap_ms",
+                format!(
+                    "must be at least delivery.backoff_base_ms ({} ms)",
+                    d.backoff_base_ms
+                ),
+            );
+        }
+        if !(0.0..=100.0).contains(&d.retry_budget_percent) {
+            problem(
+                "delivery.retry_budget_percent",
+                "must be between 0 and 100".into(),
+            );
+        }
+        check_rate("recipients", &self.recipients, &mut problem);
 
         let needs_credentials = self.upstream.mode == UpstreamMode::Jelou;
         let shared_id = self.upstream.client_id.clone().filter(|s| !s.is_empty());
@@ -361,12 +456,20 @@ impl Settings {
                     None
                 }
             };
+            let rate = RateSettings {
+                rate_per_second: bot.rate_per_second.unwrap_or(DEFAULT_BOT_RATE),
+                burst: bot
+                    .burst
+                    .unwrap_or_else(|| bot.rate_per_second.unwrap_or(DEFAULT_BOT_RATE).ceil() as u32),
+            };
+            check_rate(&key, &rate, &mut problem);
             bots.insert(
                 alias.clone(),
                 Arc::new(Bot {
                     alias: alias.clone(),
                     id,
                     credentials,
+                    rate,
                 }),
             );
         }
@@ -391,6 +494,25 @@ impl Settings {
             bots: BotRegistry {
                 bots,
                 default_alias,
+            },
+            delivery: DeliveryConfig {
+                deadline: Duration::from_millis(d.deadline_ms),
+                max_attempts: d.max_attempts,
+                backoff_base: Duration::from_millis(d.backoff_base_ms),
+                backoff_cap: Duration::from_millis(d.backoff_cap_ms),
+                retry_after_cap: Duration::from_millis(d.retry_after_cap_ms),
+                retry_budget_percent: d.retry_budget_percent,
+                retry_budget_min_per_second: d.retry_budget_min_per_second,
+                retry_unsafe: d.retry_unsafe.clone(),
+                max_in_flight: d.max_in_flight,
+                max_waiting: d.max_waiting,
+                rate_limit_max_wait: Duration::from_millis(d.rate_limit_max_wait_ms),
+            },
+            recipients: self.recipients,
+            idempotency: IdempotencyConfig {
+                required: self.idempotency.required,
+                retention: Duration::from_secs(self.idempotency.retention_seconds),
+                max_keys: self.idempotency.max_keys,
             },
         })
     }
@@ -438,6 +560,18 @@ fn resolve_secret(
     }
 }
 
+fn check_rate(key: &str, rate: &RateSettings, problem: &mut impl FnMut(&str, String)) {
+    if !(rate.rate_per_second.is_finite() && rate.rate_per_second > 0.0) {
+        problem(
+            &format!("{key}.rate_per_second"),
+            "must be a positive number of messages per second (e.g. 80, or 0.1667 for one every 6 s)".into(),
+        );
+    }
+    if rate.burst == 0 {
+        problem(&format!("{key}.burst"), "must be at least 1".into());
+    }
+}
+
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
@@ -474,6 +608,35 @@ pub struct RelayConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub bots: BotRegistry,
+    pub delivery: DeliveryConfig,
+    /// WhatsApp's pair limit: messages to one recipient from one bot.
+    pub recipients: RateSettings,
+    pub idempotency: IdempotencyConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// One deadline per request, covering every attempt and wait.
+    pub deadline: Duration,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// The longest `Retry-After` the relay waits out itself.
+    pub retry_after_cap: Duration,
+    pub retry_budget_percent: f32,
+    pub retry_budget_min_per_second: u32,
+    pub retry_unsafe: Vec<UnsafeRetry>,
+    pub max_in_flight: usize,
+    pub max_waiting: usize,
+    pub rate_limit_max_wait: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    pub required: bool,
+    pub retention: Duration,
+    pub max_keys: usize,
 }
 
 /// Jelou credentials for one bot. `Debug` is redacted by `SecretString`.
@@ -517,6 +680,7 @@ pub struct Bot {
     pub alias: String,
     pub id: String,
     pub credentials: Option<Credentials>,
+    pub rate: RateSettings,
 }
 
 /// Maps caller-facing aliases to bots.
@@ -636,6 +800,8 @@ mod tests {
                 client_secret: None,
                 client_secret_file: None,
                 default: false,
+                rate_per_second: None,
+                burst: None,
             },
         );
         let registry = s.validate(Environment::Local).unwrap().bots;

@@ -6,17 +6,21 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::Instrument;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tower::ServiceExt;
 use tracing::Span;
 use utoipa::{IntoParams, ToSchema};
 
-use super::problem::{ApiError, Problem};
+use super::problem::{ApiError, PROBLEM_CONTENT_TYPE, Problem};
 use super::request_id::RequestId;
 use crate::app::AppState;
-use crate::delivery::{DeliveryFailure, FailureKind, Outbound};
+use crate::delivery::idempotency::{Begin, StoredAnswer, fingerprint, is_valid_key, scoped_key};
+use crate::delivery::{DeliveryFailure, DeliveryState, FailureKind, Outbound};
 use crate::domain::strict_json::parse_object;
 use crate::domain::{FieldError, FlowAction, FlowMessage, FlowMode};
 use crate::jelou::build_outbound;
@@ -160,18 +164,28 @@ pub enum SendOutcome {
     post,
     path = "/v1/flow-messages",
     tag = "flow-messages",
-    params(SendParams),
+    params(
+        SendParams,
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "1 to 255 printable ASCII characters. The same key and message within the retention period replay the stored answer (with `Idempotent-Replayed: true`) without calling Jelou."),
+        ("X-Request-Timeout-Ms" = Option<u64>, Header,
+            description = "A shorter deadline for this request, in milliseconds; the relay's own deadline is the most."),
+        ("X-Request-Id" = Option<String>, Header,
+            description = "Kept when 1 to 128 characters of letters, digits and `-_.:`; generated otherwise. Returned, logged and sent to Jelou."),
+    ),
     request_body(content = FlowMessageRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Sent (or validated, on a dry run)", body = SendOutcome),
-        (status = 400, description = "`malformed_json`: the body is not a JSON object", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`malformed_json`: the body is not a JSON object; `invalid_idempotency_key`; `idempotency_key_required`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 405, description = "`method_not_allowed`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`idempotency_key_in_flight`: the same key is being sent; retry shortly", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported_media_type`: Content-Type is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation_failed`, `unknown_bot` or `upstream_rejected`", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`: Jelou asked to slow down; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, `unknown_bot`, `upstream_rejected` or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: a bot or recipient rate limit, or Jelou, asks to slow down; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "`upstream_unavailable` or `upstream_auth_failed`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` (the relay sheds load), or `upstream_unavailable` with Retry-After (Jelou said when to come back)", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "`deadline_exceeded`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -191,6 +205,12 @@ pub async fn send_flow_message(
     }
 }
 
+/// Idempotency keys are namespaced per caller; callers are not told apart yet.
+const CALLER_NAMESPACE: &str = "default";
+
+/// The header a caller uses to ask for a shorter deadline than the relay's.
+pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+
 async fn handle(
     state: AppState,
     request_id: &str,
@@ -200,6 +220,8 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let dry_run = parse_query(query)?;
     check_content_type(headers)?;
+    let idempotency_key = idempotency_key(headers, state.idempotency_required)?;
+    let deadline = Instant::now() + requested_timeout(headers, state.deadline)?;
     let bytes = read_body(body, headers, state.body_limit).await?;
     let object = parse_object(&bytes).map_err(|e| ApiError::MalformedJson(e.0))?;
 
@@ -210,10 +232,7 @@ async fn handle(
     let (message, bot) = match (parsed, bot) {
         (Ok(message), Ok(bot)) => (message, bot),
         (Ok(_), Err(lookup)) => {
-            return Err(ApiError::UnknownBot(vec![FieldError::new(
-                "bot",
-                lookup.to_string(),
-            )]));
+            return Err(ApiError::UnknownBot(vec![FieldError::new("bot", lookup.to_string())]));
         }
         (Err(mut errors), bot) => {
             if let (Err(lookup), false) = (bot, errors.iter().any(|e| e.field == "bot")) {
@@ -227,7 +246,7 @@ async fn handle(
     span.record("bot", bot.alias.as_str());
     span.record("to", message.to.masked().as_str());
 
-    let outbound = build_outbound(&state.base_url, bot, &message, request_id.to_string());
+    let outbound = build_outbound(&state.base_url, bot, &message, request_id.to_string(), deadline);
     if dry_run {
         span.record("outcome", "validated");
         return Ok(Json(SendOutcome::Validated(ValidatedResponse {
@@ -241,25 +260,146 @@ async fn handle(
         .into_response());
     }
 
+    let reserved = match idempotency_key {
+        None => None,
+        Some(key) => {
+            let scoped = scoped_key(CALLER_NAMESPACE, &key);
+            let begin = state
+                .idempotency
+                .begin(&scoped, fingerprint(&outbound))
+                .await
+                .map_err(|e| ApiError::StoreUnavailable(e.to_string()))?;
+            match begin {
+                Begin::Proceed => Some(scoped),
+                Begin::Replay(answer) => {
+                    span.record("outcome", "replayed");
+                    tracing::info!("idempotent replay: Jelou not called");
+                    return Ok(answer_response(answer, true));
+                }
+                Begin::InFlight => return Err(ApiError::IdempotencyKeyInFlight),
+                Begin::Mismatch => return Err(ApiError::IdempotencyKeyReused),
+            }
+        }
+    };
+
+    // Once sending starts it runs to its end even if the caller hangs up, so that its
+    // outcome is logged and, with a key, stored for the caller's retry.
+    let task = tokio::spawn(
+        deliver(state, outbound, reserved, request_id.to_string()).instrument(span),
+    );
+    match task.await {
+        Ok(answer) => Ok(answer_response(answer, false)),
+        Err(error) => {
+            tracing::error!(%error, "delivery task failed");
+            Err(ApiError::Internal)
+        }
+    }
+}
+
+/// Sends, renders the answer, and completes or releases the idempotency key.
+async fn deliver(
+    state: AppState,
+    outbound: Outbound,
+    key: Option<String>,
+    request_id: String,
+) -> StoredAnswer {
     let alias = outbound.bot.alias.clone();
     let to = outbound.recipient.as_str().to_string();
-    match state.delivery.clone().oneshot(outbound).await {
+    let result = state.delivery.clone().oneshot(outbound).await;
+    // A key is used up only by a message that was, or may have been, sent.
+    let consumed = match &result {
+        Ok(_) => true,
+        Err(failure) => failure.delivery == DeliveryState::Unknown,
+    };
+    let answer = match result {
         Ok(delivered) => {
+            let span = Span::current();
             span.record("outcome", "sent");
             span.record("upstream_status", delivered.status);
             span.record("attempts", delivered.attempts);
-            Ok(Json(SendOutcome::Sent(SentResponse {
+            let body = SentResponse {
                 status: SentStatus::Sent,
-                request_id: request_id.into(),
+                request_id: request_id.clone(),
                 bot: alias,
                 to,
                 attempts: delivered.attempts,
                 sandbox: state.sandbox,
                 upstream: delivered.body,
-            }))
-            .into_response())
+            };
+            StoredAnswer {
+                status: 200,
+                content_type: "application/json".into(),
+                retry_after: None,
+                body: serde_json::to_vec(&body).unwrap_or_default().into(),
+            }
         }
-        Err(failure) => Err(ApiError::Delivery(failure)),
+        Err(failure) => {
+            let error = ApiError::Delivery(failure);
+            log_failure(&error);
+            problem_answer(error.into_problem(&request_id))
+        }
+    };
+    if let Some(key) = key {
+        let stored = if consumed {
+            state.idempotency.complete(&key, answer.clone()).await
+        } else {
+            state.idempotency.release(&key).await
+        };
+        if let Err(error) = stored {
+            tracing::error!(%error, "could not record the idempotent answer");
+        }
+    }
+    answer
+}
+
+fn problem_answer(problem: Problem) -> StoredAnswer {
+    StoredAnswer {
+        status: problem.status,
+        content_type: PROBLEM_CONTENT_TYPE.into(),
+        retry_after: problem.retry_after,
+        body: serde_json::to_vec(&problem).unwrap_or_default().into(),
+    }
+}
+
+fn answer_response(answer: StoredAnswer, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = (status, answer.body).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&answer.content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    if let Some(seconds) = answer.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn idempotency_key(headers: &HeaderMap, required: bool) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    match (values.next(), values.next()) {
+        (None, _) if required => Err(ApiError::IdempotencyKeyRequired),
+        (None, _) => Ok(None),
+        (Some(value), None) if is_valid_key(value.as_bytes()) => {
+            Ok(value.to_str().ok().map(str::to_owned))
+        }
+        _ => Err(ApiError::IdempotencyKeyInvalid),
+    }
+}
+
+/// The caller's `X-Request-Timeout-Ms`, never longer than the relay's own deadline.
+fn requested_timeout(headers: &HeaderMap, default: Duration) -> Result<Duration, ApiError> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(default);
+    };
+    match value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(ms) if ms > 0 => Ok(Duration::from_millis(ms).min(default)),
+        _ => Err(ApiError::Validation(vec![FieldError::new(
+            format!("headers.{TIMEOUT_HEADER}"),
+            "must be a whole number of milliseconds greater than 0",
+        )])),
     }
 }
 

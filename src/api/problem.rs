@@ -68,6 +68,12 @@ pub enum ApiError {
     BodyReadFailed(String),
     Validation(Vec<FieldError>),
     UnknownBot(Vec<FieldError>),
+    IdempotencyKeyInvalid,
+    IdempotencyKeyRequired,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    /// The idempotency store could not be asked; nothing was sent.
+    StoreUnavailable(String),
     Delivery(DeliveryFailure),
     NotFound,
     MethodNotAllowed,
@@ -109,6 +115,36 @@ impl ApiError {
             ApiError::UnknownBot(_) => {
                 (S::UNPROCESSABLE_ENTITY, "unknown_bot", "Unknown bot", false)
             }
+            ApiError::IdempotencyKeyInvalid => (
+                S::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "Invalid Idempotency-Key",
+                false,
+            ),
+            ApiError::IdempotencyKeyRequired => (
+                S::BAD_REQUEST,
+                "idempotency_key_required",
+                "Idempotency-Key required",
+                false,
+            ),
+            ApiError::IdempotencyKeyInFlight => (
+                S::CONFLICT,
+                "idempotency_key_in_flight",
+                "A request with this Idempotency-Key is in progress",
+                true,
+            ),
+            ApiError::IdempotencyKeyReused => (
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency-Key reused for another message",
+                false,
+            ),
+            ApiError::StoreUnavailable(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "The relay cannot serve this now",
+                true,
+            ),
             ApiError::NotFound => (S::NOT_FOUND, "not_found", "Not found", false),
             ApiError::MethodNotAllowed => (
                 S::METHOD_NOT_ALLOWED,
@@ -137,12 +173,22 @@ impl ApiError {
                         "The relay is not authorized by Jelou",
                         false,
                     ),
+                    // Jelou said "not now" and when to come back: pass that on as 503.
+                    FailureKind::Unavailable if not_sent && failure.retry_after.is_some() => (
+                        S::SERVICE_UNAVAILABLE,
+                        "upstream_unavailable",
+                        "Jelou is unavailable",
+                        true,
+                    ),
                     FailureKind::Unavailable => (
                         S::BAD_GATEWAY,
                         "upstream_unavailable",
                         "Jelou is unavailable",
                         not_sent,
                     ),
+                    FailureKind::Overloaded => {
+                        (S::SERVICE_UNAVAILABLE, "overloaded", "The relay is overloaded", true)
+                    }
                     FailureKind::RateLimited => (
                         S::TOO_MANY_REQUESTS,
                         "rate_limited",
@@ -174,6 +220,19 @@ impl ApiError {
             ApiError::UnknownBot(_) => {
                 "the bot alias is not configured on this relay; see `errors`".into()
             }
+            ApiError::IdempotencyKeyInvalid => {
+                "Idempotency-Key must be 1 to 255 printable ASCII characters".into()
+            }
+            ApiError::IdempotencyKeyRequired => {
+                "this relay requires an Idempotency-Key header on every send".into()
+            }
+            ApiError::IdempotencyKeyInFlight => {
+                "another request with this Idempotency-Key is being sent; retry shortly to get its answer".into()
+            }
+            ApiError::IdempotencyKeyReused => {
+                "this Idempotency-Key was used for a different message; use a new key for a new message".into()
+            }
+            ApiError::StoreUnavailable(detail) => detail.clone(),
             ApiError::Delivery(failure) => failure.detail.clone(),
             ApiError::NotFound => {
                 "no such route; the API is POST /v1/flow-messages (see /docs)".into()
@@ -214,6 +273,9 @@ impl ApiError {
                         .retry_after
                         .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
                 )
+            }
+            ApiError::IdempotencyKeyInFlight | ApiError::StoreUnavailable(_) => {
+                (Vec::new(), DeliveryState::NotSent, None, None, Some(1))
             }
             _ => (Vec::new(), DeliveryState::NotSent, None, None, None),
         };

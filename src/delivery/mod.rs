@@ -1,19 +1,29 @@
 //! Outbound delivery: the request the relay sends, what comes back, and the tower
 //! stack between the route handler and the Jelou client.
 
+pub mod attempt;
+pub mod concurrency;
+pub mod deadline;
+pub mod idempotency;
+pub mod journal;
 pub mod outcome;
+pub mod rate_limit;
+pub mod retry;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
+use tokio::time::Instant;
+use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 use url::Url;
 use utoipa::ToSchema;
 
-use crate::config::Bot;
+use crate::config::{Bot, RelayConfig};
 use crate::domain::Recipient;
 
 /// One message on its way to Jelou. The body is serialized once, so every attempt and
@@ -25,6 +35,10 @@ pub struct Outbound {
     pub url: Url,
     pub body: Bytes,
     pub request_id: String,
+    /// When the whole delivery must be over, every attempt and wait included.
+    pub deadline: Instant,
+    /// Shared by the attempts of this one message.
+    pub journal: Arc<journal::Journal>,
 }
 
 /// Jelou accepted the message.
@@ -36,7 +50,8 @@ pub struct Delivered {
 }
 
 /// Could a retry of this request send the message a second time?
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+/// Ordered: `Unknown` is the stronger claim, and wins when attempts are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Provably not sent: safe to retry.
@@ -67,6 +82,8 @@ pub enum FailureKind {
     RateLimited,
     /// No answer in time.
     DeadlineExceeded,
+    /// The relay's own bounds (in-flight limit, wait queues) are full.
+    Overloaded,
 }
 
 /// Jelou's own account of an error, as far as it gave one.
@@ -97,12 +114,42 @@ pub struct DeliveryFailure {
 /// The whole outbound path as one cloneable service.
 pub type DeliveryService = BoxCloneSyncService<Outbound, Delivered, DeliveryFailure>;
 
-/// Assembles the delivery stack over the upstream (Jelou client or sandbox).
-///
-/// Outer to inner, as layers are added: deadline -> rate limits -> concurrency limit ->
-/// retry with budget -> per-attempt timeout -> upstream. Today the stack is the upstream
-/// alone, whose own request timeout is the deadline.
-pub fn stack<S>(upstream: S) -> DeliveryService
+/// A bounded count of waiting requests, shared by the layers that make requests wait.
+#[derive(Debug, Clone)]
+pub struct WaitQueue {
+    waiting: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl WaitQueue {
+    pub fn new(max: usize) -> Self {
+        WaitQueue {
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// A place in the queue, or `None` when it is full. Dropping the slot (also when the
+    /// request is cancelled by its deadline) gives the place back.
+    pub fn enter(&self) -> Option<WaitSlot> {
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(WaitSlot(self.waiting.clone()))
+    }
+}
+
+pub struct WaitSlot(Arc<AtomicUsize>);
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Assembles the delivery stack over the upstream (Jelou client or sandbox), outer to inner.
+pub fn stack<S>(config: &RelayConfig, upstream: S) -> DeliveryService
 where
     S: tower::Service<Outbound, Response = Delivered, Error = DeliveryFailure>
         + Clone
@@ -111,5 +158,26 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    BoxCloneSyncService::new(upstream)
+    let delivery = &config.delivery;
+    let queue = WaitQueue::new(delivery.max_waiting);
+    let limits = Arc::new(rate_limit::Limits::new(
+        &config.bots,
+        &config.recipients,
+        delivery.rate_limit_max_wait,
+        queue.clone(),
+    ));
+    let service = ServiceBuilder::new()
+        // One deadline over everything below; the final attempt count and delivery
+        // state are read from the journal here.
+        .layer(deadline::DeadlineLayer)
+        // Rate limits before the concurrency limit: a request waiting for WhatsApp
+        // capacity must not hold one of the permits to Jelou.
+        .layer(rate_limit::RateLimitLayer::new(limits))
+        // Outside the retry: a request keeps its permit for its whole retry sequence.
+        .layer(concurrency::ConcurrencyLayer::new(delivery.max_in_flight, queue))
+        .layer(tower::retry::RetryLayer::new(retry::RetryPolicy::new(delivery)))
+        // Each attempt: journaled, and bounded by the per-attempt timeout and the deadline.
+        .layer(attempt::AttemptLayer::new(config.request_timeout))
+        .service(upstream);
+    BoxCloneSyncService::new(service)
 }

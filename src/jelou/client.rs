@@ -26,10 +26,10 @@ pub struct JelouClient {
 }
 
 impl JelouClient {
-    pub fn new(connect_timeout: Duration, request_timeout: Duration) -> Result<Self, String> {
+    /// The per-attempt timeout is the delivery stack's; only connection set-up is bounded here.
+    pub fn new(connect_timeout: Duration) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
-            .timeout(request_timeout)
             // A redirected POST could be replayed or turned into a GET: never follow one.
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))

@@ -64,6 +64,7 @@ pub fn build_outbound(
     bot: Arc<Bot>,
     message: &FlowMessage,
     request_id: String,
+    deadline: tokio::time::Instant,
 ) -> Outbound {
     let flow = &message.flow;
     let flow_action_payload =
@@ -98,6 +99,8 @@ pub fn build_outbound(
         recipient: message.to.clone(),
         body: Bytes::from(body),
         request_id,
+        deadline,
+        journal: Default::default(),
     }
 }
 

@@ -55,6 +55,8 @@ pub fn settings_for(upstream: &str) -> Settings {
             client_secret: Some(SecretString::from(CLIENT_SECRET)),
             client_secret_file: None,
             default: false,
+            rate_per_second: None,
+            burst: None,
         },
     );
     settings

@@ -1,0 +1,100 @@
+//! The innermost layer: one upstream attempt, recorded in the journal, bounded by the
+//! per-attempt timeout and by what is left of the deadline.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
+
+use super::{Delivered, DeliveryFailure, DeliveryState, FailureKind, Outbound};
+
+#[derive(Clone, Debug)]
+pub struct AttemptLayer {
+    timeout: Duration,
+}
+
+impl AttemptLayer {
+    pub fn new(timeout: Duration) -> Self {
+        AttemptLayer { timeout }
+    }
+}
+
+impl<S> Layer<S> for AttemptLayer {
+    type Service = Attempt<S>;
+    fn layer(&self, inner: S) -> Attempt<S> {
+        Attempt {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Attempt<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S> Service<Outbound> for Attempt<S>
+where
+    S: Service<Outbound, Response = Delivered, Error = DeliveryFailure> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Delivered;
+    type Error = DeliveryFailure;
+    type Future = Pin<Box<dyn Future<Output = Result<Delivered, DeliveryFailure>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, outbound: Outbound) -> Self::Future {
+        let inner = self.inner.clone();
+        let timeout = self.timeout;
+        let journal = outbound.journal.clone();
+        let number = journal.attempt_started();
+        let span = tracing::info_span!(
+            "attempt",
+            number,
+            outcome = tracing::field::Empty,
+            upstream_status = tracing::field::Empty
+        );
+        Box::pin(
+            async move {
+                let until = outbound.deadline.min(tokio::time::Instant::now() + timeout);
+                let result = match tokio::time::timeout_at(until, inner.oneshot(outbound)).await {
+                    Ok(result) => result,
+                    Err(_elapsed) => Err(DeliveryFailure {
+                        kind: FailureKind::DeadlineExceeded,
+                        delivery: DeliveryState::Unknown,
+                        attempts: number,
+                        detail: "Jelou did not answer in time after the request was sent".into(),
+                        upstream: None,
+                        retry_after: None,
+                    }),
+                };
+                let span = tracing::Span::current();
+                match &result {
+                    Ok(delivered) => {
+                        span.record("outcome", "sent");
+                        span.record("upstream_status", delivered.status);
+                        journal.attempt_finished(None);
+                    }
+                    Err(failure) => {
+                        span.record("outcome", failure.delivery.as_str());
+                        if let Some(upstream) = &failure.upstream {
+                            span.record("upstream_status", upstream.status);
+                        }
+                        journal.attempt_finished(Some(failure.delivery));
+                    }
+                }
+                tracing::debug!("attempt finished");
+                result
+            }
+            .instrument(span),
+        )
+    }
+}

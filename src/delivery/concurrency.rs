@@ -1,0 +1,89 @@
+//! A bounded number of requests at Jelou at once, with a bounded queue: past it,
+//! requests are shed at once instead of growing memory. Sits outside the retry layer,
+//! so a request keeps its permit for its whole retry sequence.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tower::{Layer, Service, ServiceExt};
+
+use super::rate_limit::refused;
+use super::{Delivered, DeliveryFailure, FailureKind, Outbound, WaitQueue};
+
+#[derive(Clone, Debug)]
+pub struct ConcurrencyLayer {
+    permits: Arc<Semaphore>,
+    queue: WaitQueue,
+}
+
+impl ConcurrencyLayer {
+    pub fn new(max_in_flight: usize, queue: WaitQueue) -> Self {
+        ConcurrencyLayer {
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            queue,
+        }
+    }
+}
+
+impl<S> Layer<S> for ConcurrencyLayer {
+    type Service = Concurrency<S>;
+    fn layer(&self, inner: S) -> Concurrency<S> {
+        Concurrency {
+            inner,
+            limit: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Concurrency<S> {
+    inner: S,
+    limit: ConcurrencyLayer,
+}
+
+impl<S> Service<Outbound> for Concurrency<S>
+where
+    S: Service<Outbound, Response = Delivered, Error = DeliveryFailure> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Delivered;
+    type Error = DeliveryFailure;
+    type Future = Pin<Box<dyn Future<Output = Result<Delivered, DeliveryFailure>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, outbound: Outbound) -> Self::Future {
+        let inner = self.inner.clone();
+        let limit = self.limit.clone();
+        Box::pin(async move {
+            let overloaded = || {
+                refused(
+                    FailureKind::Overloaded,
+                    "the relay is at its limit of requests to Jelou; retry shortly".into(),
+                    Some(Duration::from_secs(1)),
+                )
+            };
+            let permit = match limit.permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let _slot = limit.queue.enter().ok_or_else(overloaded)?;
+                    limit
+                        .permits
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_closed| overloaded())?
+                }
+            };
+            let result = inner.oneshot(outbound).await;
+            drop(permit);
+            result
+        })
+    }
+}
