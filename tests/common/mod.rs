@@ -46,6 +46,9 @@ pub fn settings_for(upstream: &str) -> Settings {
     settings.server.host = "127.0.0.1".into();
     settings.upstream.mode = UpstreamMode::Jelou;
     settings.upstream.base_url = upstream.to_string();
+    // Short backoffs keep the suite fast; the bounds are still exercised.
+    settings.delivery.backoff_base_ms = 5;
+    settings.delivery.backoff_cap_ms = 20;
     settings.bots.clear();
     settings.bots.insert(
         "ventas".into(),
@@ -85,6 +88,15 @@ impl TestApp {
 
     pub async fn send(&self, body: &Value) -> reqwest::Response {
         self.post_json("/v1/flow-messages", body).await
+    }
+
+    /// Sends `body` with extra headers.
+    pub async fn send_with(&self, body: &Value, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.client.post(self.url("/v1/flow-messages")).json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request reaches the relay")
     }
 
     /// Triggers the same shutdown path as SIGTERM.
