@@ -336,7 +336,10 @@ impl Settings {
             ("delivery.deadline_ms", d.deadline_ms),
             ("delivery.backoff_base_ms", d.backoff_base_ms),
             ("delivery.max_in_flight", d.max_in_flight as u64),
-            ("idempotency.retention_seconds", self.idempotency.retention_seconds),
+            (
+                "idempotency.retention_seconds",
+                self.idempotency.retention_seconds,
+            ),
             ("idempotency.max_keys", self.idempotency.max_keys as u64),
         ] {
             if value == 0 {
@@ -458,9 +461,9 @@ impl Settings {
             };
             let rate = RateSettings {
                 rate_per_second: bot.rate_per_second.unwrap_or(DEFAULT_BOT_RATE),
-                burst: bot
-                    .burst
-                    .unwrap_or_else(|| bot.rate_per_second.unwrap_or(DEFAULT_BOT_RATE).ceil() as u32),
+                burst: bot.burst.unwrap_or_else(|| {
+                    bot.rate_per_second.unwrap_or(DEFAULT_BOT_RATE).ceil() as u32
+                }),
             };
             check_rate(&key, &rate, &mut problem);
             bots.insert(

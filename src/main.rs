@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use jelou_relay::app::{Application, shutdown_signal};
-use jelou_relay::config::{self, Environment, RelayConfig, Settings, UpstreamMode};
+use jelou_relay::config::{
+    self, Environment, LogFormat, LogSettings, RelayConfig, Settings, UpstreamMode,
+};
+use jelou_relay::jelou::simulator::{self, Scripted, SimulatorOptions};
 use jelou_relay::{api, telemetry};
 
 #[derive(Parser)]
@@ -31,6 +34,40 @@ enum Command {
     CheckConfig,
     /// Print the OpenAPI document.
     Openapi,
+    /// Serve a Jelou stand-in (flow_message API) with injected latency and faults.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 9090)]
+    port: u16,
+    /// Require these Basic credentials (with --client-secret); any are accepted otherwise.
+    #[arg(long, requires = "client_secret")]
+    client_id: Option<String>,
+    #[arg(
+        long,
+        requires = "client_id",
+        env = "SIMULATOR_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    client_secret: Option<String>,
+    /// Fixed delay before every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Answers for the first requests, in order, e.g. 503,503,200 or 200,reset,500.
+    #[arg(long, value_delimiter = ',')]
+    statuses: Vec<Scripted>,
+    /// Share of later requests (0.0 to 1.0) answered with --failure-status.
+    #[arg(long, default_value_t = 0.0)]
+    failure_ratio: f64,
+    #[arg(long, default_value_t = 500)]
+    failure_status: u16,
+    /// Retry-After sent with 429 and 503 answers (seconds or an HTTP date).
+    #[arg(long)]
+    retry_after: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +78,7 @@ fn main() -> ExitCode {
             println!("{}", api::openapi::document_json());
             ExitCode::SUCCESS
         }
+        Command::Simulate(args) => simulate(args),
         Command::CheckConfig => match load(&dir) {
             Ok((config, _)) => {
                 println!("{}", summary(&config));
@@ -132,6 +170,54 @@ fn serve(config: RelayConfig, settings: Settings) -> ExitCode {
                 tracing::error!(%error, "server failed");
                 ExitCode::FAILURE
             }
+        }
+    })
+}
+
+fn simulate(args: SimulateArgs) -> ExitCode {
+    if !(0.0..=1.0).contains(&args.failure_ratio) {
+        return fail("--failure-ratio must be between 0.0 and 1.0");
+    }
+    let log = LogSettings {
+        level: "info".into(),
+        format: LogFormat::Text,
+    };
+    if let Err(message) = telemetry::init(&log) {
+        return fail(&message);
+    }
+    let options = SimulatorOptions {
+        credentials: args.client_id.zip(args.client_secret),
+        delay: std::time::Duration::from_millis(args.delay_ms),
+        script: args.statuses,
+        failure_ratio: args.failure_ratio,
+        failure_status: args.failure_status,
+        retry_after: args.retry_after,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let (listener, address) =
+            match simulator::bind(&format!("{}:{}", args.host, args.port)).await {
+                Ok(bound) => bound,
+                Err(e) => {
+                    return fail(&format!(
+                        "cannot listen on {}:{}: {e}",
+                        args.host, args.port
+                    ));
+                }
+            };
+        tracing::info!(%address, "Jelou simulator listening");
+        let served = axum::serve(listener, simulator::router(options))
+            .with_graceful_shutdown(shutdown_signal())
+            .await;
+        match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("simulator failed: {e}")),
         }
     })
 }

@@ -1,5 +1,7 @@
 //! The tracing subscriber: JSON lines in production, readable text locally.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
@@ -24,7 +26,10 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).try_init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init(),
     };
     installed.map_err(|e| format!("cannot install the log subscriber: {e}"))
 }

@@ -70,7 +70,12 @@ async fn run_row(row: Row, tweak: impl FnOnce(&mut Settings)) -> Value {
         }
     };
     assert_eq!(body["attempts"], row.attempts, "{}: {body}", row.name);
-    assert_eq!(retry_after.as_deref(), row.retry_after, "{}: Retry-After", row.name);
+    assert_eq!(
+        retry_after.as_deref(),
+        row.retry_after,
+        "{}: Retry-After",
+        row.name
+    );
     let calls = jelou.received_requests().await.unwrap().len() as u64;
     assert_eq!(calls, row.attempts, "{}: requests Jelou received", row.name);
     body
@@ -124,8 +129,9 @@ async fn meta_pair_limit_as_400_is_rejected_not_retried() {
 async fn description_is_also_read_from_message() {
     let problem = run(Row {
         name: "message field",
-        answers: vec![ResponseTemplate::new(400)
-            .set_body_json(json!({"code": "message_could_not_be_send", "message": "window closed"}))],
+        answers: vec![ResponseTemplate::new(400).set_body_json(
+            json!({"code": "message_could_not_be_send", "message": "window closed"}),
+        )],
         status: 422,
         code: Some("upstream_rejected"),
         delivery: "not_sent",
@@ -138,10 +144,18 @@ async fn description_is_also_read_from_message() {
 
 #[tokio::test]
 async fn jelou_refusing_the_relay_is_502_upstream_auth_failed_without_details() {
-    for (status, code) in [(401, "unauthorized"), (403, "forbidden_bot"), (404, "bot_not_found")] {
+    for (status, code) in [
+        (401, "unauthorized"),
+        (403, "forbidden_bot"),
+        (404, "bot_not_found"),
+    ] {
         let problem = run(Row {
             name: code,
-            answers: vec![jelou_error(status, code, "clientId relay-client is not valid")],
+            answers: vec![jelou_error(
+                status,
+                code,
+                "clientId relay-client is not valid",
+            )],
             status: 502,
             code: Some("upstream_auth_failed"),
             delivery: "not_sent",
@@ -204,7 +218,10 @@ async fn a_503_forever_stops_after_max_attempts_and_is_not_sent() {
 async fn a_429_with_retry_after_seconds_is_waited_out() {
     run(Row {
         name: "429 Retry-After: 1",
-        answers: vec![ResponseTemplate::new(429).insert_header("retry-after", "1"), ok()],
+        answers: vec![
+            ResponseTemplate::new(429).insert_header("retry-after", "1"),
+            ok(),
+        ],
         status: 200,
         code: None,
         delivery: "sent",
@@ -219,7 +236,10 @@ async fn a_429_with_an_http_date_is_waited_out() {
     let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(1));
     run(Row {
         name: "429 Retry-After: date",
-        answers: vec![ResponseTemplate::new(429).insert_header("retry-after", date.as_str()), ok()],
+        answers: vec![
+            ResponseTemplate::new(429).insert_header("retry-after", date.as_str()),
+            ok(),
+        ],
         status: 200,
         code: None,
         delivery: "sent",
@@ -234,7 +254,10 @@ async fn a_429_whose_retry_after_passes_the_deadline_is_answered_at_once() {
     let problem = run_row(
         Row {
             name: "429 Retry-After: 30",
-            answers: vec![ResponseTemplate::new(429).insert_header("retry-after", "30"), ok()],
+            answers: vec![
+                ResponseTemplate::new(429).insert_header("retry-after", "30"),
+                ok(),
+            ],
             status: 429,
             code: Some("rate_limited"),
             delivery: "not_sent",
@@ -267,7 +290,10 @@ async fn a_503_whose_retry_after_passes_the_deadline_is_503_with_retry_after() {
 
 #[tokio::test]
 async fn an_unreadable_success_leaves_delivery_unknown() {
-    for answer in [ResponseTemplate::new(200).set_body_string("<html>ok</html>"), ResponseTemplate::new(200)] {
+    for answer in [
+        ResponseTemplate::new(200).set_body_string("<html>ok</html>"),
+        ResponseTemplate::new(200),
+    ] {
         run(Row {
             name: "200 not JSON",
             answers: vec![answer, ok()],
@@ -324,10 +350,15 @@ async fn a_caller_may_ask_for_a_shorter_deadline() {
         .await;
     let problem = assert_problem(response, 504, "deadline_exceeded").await;
     assert_eq!(problem["delivery"], "unknown");
-    assert!(started.elapsed() < Duration::from_secs(3), "the 300 ms deadline held");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the 300 ms deadline held"
+    );
 
     for bad in ["0", "soon", "-5"] {
-        let response = app.send_with(&seed_message(), &[("x-request-timeout-ms", bad)]).await;
+        let response = app
+            .send_with(&seed_message(), &[("x-request-timeout-ms", bad)])
+            .await;
         let problem = assert_problem(response, 422, "validation_failed").await;
         assert_eq!(error_fields(&problem), vec!["headers.x-request-timeout-ms"]);
     }
@@ -373,7 +404,8 @@ async fn connection_refused_is_retried_then_not_sent() {
         .unwrap()
         .port();
     let app = spawn_with(settings_for(&format!("http://127.0.0.1:{port}"))).await;
-    let problem = assert_problem(app.send(&seed_message()).await, 502, "upstream_unavailable").await;
+    let problem =
+        assert_problem(app.send(&seed_message()).await, 502, "upstream_unavailable").await;
     assert_eq!(problem["delivery"], "not_sent");
     assert_eq!(problem["retryable"], true);
     assert_eq!(problem["attempts"], 3);
@@ -409,7 +441,8 @@ async fn resetting_upstream(
 async fn a_reset_before_any_response_leaves_delivery_unknown_and_is_not_retried() {
     let (address, reads) = resetting_upstream(b"").await;
     let app = spawn_with(settings_for(&address)).await;
-    let problem = assert_problem(app.send(&seed_message()).await, 502, "upstream_unavailable").await;
+    let problem =
+        assert_problem(app.send(&seed_message()).await, 502, "upstream_unavailable").await;
     assert_eq!(problem["delivery"], "unknown");
     assert_eq!(problem["retryable"], false);
     assert_eq!(problem["attempts"], 1);
@@ -420,7 +453,8 @@ async fn a_reset_before_any_response_leaves_delivery_unknown_and_is_not_retried(
 async fn a_connection_dropped_mid_response_leaves_delivery_unknown() {
     let (address, reads) = resetting_upstream(b"HTTP/1.1 200 OK\r\ncontent-le").await;
     let app = spawn_with(settings_for(&address)).await;
-    let problem = assert_problem(app.send(&seed_message()).await, 502, "upstream_unavailable").await;
+    let problem =
+        assert_problem(app.send(&seed_message()).await, 502, "upstream_unavailable").await;
     assert_eq!(problem["delivery"], "unknown");
     assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
@@ -446,5 +480,8 @@ async fn the_retry_budget_bounds_upstream_load_during_an_outage() {
     // Without a budget: 300 calls. With it: every request once, plus 20% of them, plus
     // the floor of 1 retry/s over the budget's 10 s window.
     assert!(calls >= requests, "{calls}");
-    assert!(calls <= requests + requests / 5 + 10 + 2, "{calls} calls for {requests} requests");
+    assert!(
+        calls <= requests + requests / 5 + 10 + 2,
+        "{calls} calls for {requests} requests"
+    );
 }

@@ -11,7 +11,10 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 async fn jelou_answering(template: ResponseTemplate) -> MockServer {
     let jelou = MockServer::start().await;
-    Mock::given(any()).respond_with(template).mount(&jelou).await;
+    Mock::given(any())
+        .respond_with(template)
+        .mount(&jelou)
+        .await;
     jelou
 }
 
@@ -39,7 +42,11 @@ async fn the_same_key_and_message_replay_the_stored_answer() {
     assert_eq!(second.status(), 200);
     assert_eq!(second.headers()["idempotent-replayed"], "true");
     assert_eq!(second.headers()["content-type"], "application/json");
-    assert_eq!(second.text().await.unwrap(), first_body, "the very same body");
+    assert_eq!(
+        second.text().await.unwrap(),
+        first_body,
+        "the very same body"
+    );
     assert_eq!(calls(&jelou).await, 1, "Jelou was not called again");
 }
 
@@ -51,15 +58,24 @@ async fn the_same_key_for_another_message_is_422() {
     assert_eq!(app.send_with(&seed_message(), &key).await.status(), 200);
     let mut other = seed_message();
     other["title"] = json!("Adiós");
-    let problem = assert_problem(app.send_with(&other, &key).await, 422, "idempotency_key_reused").await;
+    let problem = assert_problem(
+        app.send_with(&other, &key).await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
     assert_eq!(problem["delivery"], "not_sent");
     assert_eq!(calls(&jelou).await, 1);
 }
 
 #[tokio::test]
 async fn a_hundred_concurrent_requests_with_one_key_send_once() {
-    let jelou =
-        jelou_answering(ResponseTemplate::new(200).set_body_json(json!({})).set_delay(Duration::from_millis(300))).await;
+    let jelou = jelou_answering(
+        ResponseTemplate::new(200)
+            .set_body_json(json!({}))
+            .set_delay(Duration::from_millis(300)),
+    )
+    .await;
     let app = spawn_with(settings_for(&jelou.uri())).await;
     let handles: Vec<_> = (0..100)
         .map(|_| {
@@ -103,7 +119,12 @@ async fn validation_failures_are_not_stored() {
     let key = [("idempotency-key", "k-2")];
     let mut invalid = seed_message();
     invalid["title"] = json!("");
-    assert_problem(app.send_with(&invalid, &key).await, 422, "validation_failed").await;
+    assert_problem(
+        app.send_with(&invalid, &key).await,
+        422,
+        "validation_failed",
+    )
+    .await;
     let response = app.send_with(&seed_message(), &key).await;
     assert_eq!(response.status(), 200);
     assert!(response.headers().get("idempotent-replayed").is_none());
@@ -115,11 +136,23 @@ async fn a_provably_unsent_failure_frees_the_key() {
     let jelou = jelou_answering(ResponseTemplate::new(503)).await;
     let app = spawn_with(settings_for(&jelou.uri())).await;
     let key = [("idempotency-key", "k-3")];
-    let problem = assert_problem(app.send_with(&seed_message(), &key).await, 502, "upstream_unavailable").await;
+    let problem = assert_problem(
+        app.send_with(&seed_message(), &key).await,
+        502,
+        "upstream_unavailable",
+    )
+    .await;
     assert_eq!(problem["delivery"], "not_sent");
     let again = app.send_with(&seed_message(), &key).await;
-    assert!(again.headers().get("idempotent-replayed").is_none(), "tried again, not replayed");
-    assert_eq!(calls(&jelou).await, 6, "two requests of three attempts each");
+    assert!(
+        again.headers().get("idempotent-replayed").is_none(),
+        "tried again, not replayed"
+    );
+    assert_eq!(
+        calls(&jelou).await,
+        6,
+        "two requests of three attempts each"
+    );
 }
 
 #[tokio::test]
@@ -152,7 +185,9 @@ async fn dry_runs_neither_use_nor_store_keys() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let sent = app.send_with(&seed_message(), &[("idempotency-key", "k-5")]).await;
+    let sent = app
+        .send_with(&seed_message(), &[("idempotency-key", "k-5")])
+        .await;
     assert!(sent.headers().get("idempotent-replayed").is_none());
     assert_eq!(calls(&jelou).await, 1);
 }
@@ -163,13 +198,25 @@ async fn keys_are_checked_and_may_be_required() {
     let mut settings = settings_for(&jelou.uri());
     settings.idempotency.required = true;
     let app = spawn_with(settings).await;
-    assert_problem(app.send(&seed_message()).await, 400, "idempotency_key_required").await;
+    assert_problem(
+        app.send(&seed_message()).await,
+        400,
+        "idempotency_key_required",
+    )
+    .await;
     let long = "k".repeat(256);
     for bad in [long.as_str(), "", "tab\there"] {
-        let response = app.send_with(&seed_message(), &[("idempotency-key", bad)]).await;
+        let response = app
+            .send_with(&seed_message(), &[("idempotency-key", bad)])
+            .await;
         assert_problem(response, 400, "invalid_idempotency_key").await;
     }
     let max = "k".repeat(255);
-    assert_eq!(app.send_with(&seed_message(), &[("idempotency-key", &max)]).await.status(), 200);
+    assert_eq!(
+        app.send_with(&seed_message(), &[("idempotency-key", &max)])
+            .await
+            .status(),
+        200
+    );
     assert_eq!(calls(&jelou).await, 1);
 }

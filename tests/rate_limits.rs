@@ -14,7 +14,11 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 async fn jelou(delay: Duration) -> MockServer {
     let jelou = MockServer::start().await;
     Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})).set_delay(delay))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({}))
+                .set_delay(delay),
+        )
         .mount(&jelou)
         .await;
     jelou
@@ -73,7 +77,11 @@ async fn a_burst_over_the_bot_limit_gets_429_with_retry_after() {
             assert_eq!(body["code"], "rate_limited");
             assert_eq!(body["delivery"], "not_sent");
             assert_eq!(body["attempts"], 0);
-            let seconds: u64 = retry_after.as_deref().expect("Retry-After").parse().unwrap();
+            let seconds: u64 = retry_after
+                .as_deref()
+                .expect("Retry-After")
+                .parse()
+                .unwrap();
             assert!((1..=2).contains(&seconds), "{seconds}");
         } else {
             assert_eq!(*status, 200, "{body}");
@@ -83,7 +91,10 @@ async fn a_burst_over_the_bot_limit_gets_429_with_retry_after() {
     let allowed = 3 + elapsed.as_secs() as usize;
     let calls = jelou.received_requests().await.unwrap().len();
     assert_eq!(calls, sent);
-    assert!((3..=allowed).contains(&calls), "{calls} sent in {elapsed:?}");
+    assert!(
+        (3..=allowed).contains(&calls),
+        "{calls} sent in {elapsed:?}"
+    );
 }
 
 #[tokio::test]
@@ -96,7 +107,10 @@ async fn requests_wait_for_capacity_within_the_bound() {
 
     let started = Instant::now();
     let results = burst(&app, (0..5).map(message_to).collect()).await;
-    assert!(results.iter().all(|(status, ..)| *status == 200), "{results:?}");
+    assert!(
+        results.iter().all(|(status, ..)| *status == 200),
+        "{results:?}"
+    );
     assert_eq!(jelou.received_requests().await.unwrap().len(), 5);
     // Never more than the rate: 5 calls at 10/s with a burst of 1 take at least 400 ms.
     assert!(started.elapsed() >= Duration::from_millis(400));
@@ -115,7 +129,11 @@ async fn the_pair_limit_applies_per_recipient() {
         assert_eq!(app.send(&seed_message()).await.status(), 200);
     }
     let response = app.send(&seed_message()).await;
-    let seconds: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let seconds: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=7).contains(&seconds), "about 6 s: {seconds}");
     let problem = assert_problem(response, 429, "rate_limited").await;
     assert!(problem["detail"].as_str().unwrap().contains("recipient"));
@@ -145,7 +163,10 @@ async fn a_full_queue_sheds_at_once_with_503_overloaded() {
         }
     }
     assert_eq!(jelou.received_requests().await.unwrap().len(), 3);
-    assert!(started.elapsed() >= Duration::from_millis(1600), "the third waited its turn");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1600),
+        "the third waited its turn"
+    );
 }
 
 #[tokio::test]
@@ -168,7 +189,10 @@ async fn a_request_keeps_its_permit_through_its_retries() {
     let app = spawn_with(settings).await;
 
     let first = {
-        let request = app.client.post(app.url("/v1/flow-messages")).json(&message_to(1));
+        let request = app
+            .client
+            .post(app.url("/v1/flow-messages"))
+            .json(&message_to(1));
         tokio::spawn(async move { request.send().await.unwrap() })
     };
     while jelou.received_requests().await.unwrap().is_empty() {

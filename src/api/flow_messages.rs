@@ -7,12 +7,12 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use std::time::Duration;
-use tokio::time::Instant;
-use tracing::Instrument;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::time::Duration;
+use tokio::time::Instant;
 use tower::ServiceExt;
+use tracing::Instrument;
 use tracing::Span;
 use utoipa::{IntoParams, ToSchema};
 
@@ -232,7 +232,10 @@ async fn handle(
     let (message, bot) = match (parsed, bot) {
         (Ok(message), Ok(bot)) => (message, bot),
         (Ok(_), Err(lookup)) => {
-            return Err(ApiError::UnknownBot(vec![FieldError::new("bot", lookup.to_string())]));
+            return Err(ApiError::UnknownBot(vec![FieldError::new(
+                "bot",
+                lookup.to_string(),
+            )]));
         }
         (Err(mut errors), bot) => {
             if let (Err(lookup), false) = (bot, errors.iter().any(|e| e.field == "bot")) {
@@ -246,7 +249,13 @@ async fn handle(
     span.record("bot", bot.alias.as_str());
     span.record("to", message.to.masked().as_str());
 
-    let outbound = build_outbound(&state.base_url, bot, &message, request_id.to_string(), deadline);
+    let outbound = build_outbound(
+        &state.base_url,
+        bot,
+        &message,
+        request_id.to_string(),
+        deadline,
+    );
     if dry_run {
         span.record("outcome", "validated");
         return Ok(Json(SendOutcome::Validated(ValidatedResponse {
@@ -284,9 +293,8 @@ async fn handle(
 
     // Once sending starts it runs to its end even if the caller hangs up, so that its
     // outcome is logged and, with a key, stored for the caller's retry.
-    let task = tokio::spawn(
-        deliver(state, outbound, reserved, request_id.to_string()).instrument(span),
-    );
+    let task =
+        tokio::spawn(deliver(state, outbound, reserved, request_id.to_string()).instrument(span));
     match task.await {
         Ok(answer) => Ok(answer_response(answer, false)),
         Err(error) => {
@@ -394,7 +402,11 @@ fn requested_timeout(headers: &HeaderMap, default: Duration) -> Result<Duration,
     let Some(value) = headers.get(TIMEOUT_HEADER) else {
         return Ok(default);
     };
-    match value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+    match value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
         Some(ms) if ms > 0 => Ok(Duration::from_millis(ms).min(default)),
         _ => Err(ApiError::Validation(vec![FieldError::new(
             format!("headers.{TIMEOUT_HEADER}"),

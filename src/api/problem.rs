@@ -64,7 +64,9 @@ impl IntoResponse for Problem {
 pub enum ApiError {
     MalformedJson(String),
     UnsupportedMediaType(String),
-    PayloadTooLarge { limit: usize },
+    PayloadTooLarge {
+        limit: usize,
+    },
     BodyReadFailed(String),
     Validation(Vec<FieldError>),
     UnknownBot(Vec<FieldError>),
@@ -186,9 +188,12 @@ impl ApiError {
                         "Jelou is unavailable",
                         not_sent,
                     ),
-                    FailureKind::Overloaded => {
-                        (S::SERVICE_UNAVAILABLE, "overloaded", "The relay is overloaded", true)
-                    }
+                    FailureKind::Overloaded => (
+                        S::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        "The relay is overloaded",
+                        true,
+                    ),
                     FailureKind::RateLimited => (
                         S::TOO_MANY_REQUESTS,
                         "rate_limited",

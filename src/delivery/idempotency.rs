@@ -175,7 +175,10 @@ impl Entries {
             match live {
                 Some(at) if at == expires_at && (at <= now || over_capacity) => {
                     if at > now {
-                        tracing::warn!(max_keys, "idempotency store full: evicting the oldest key before its retention ends");
+                        tracing::warn!(
+                            max_keys,
+                            "idempotency store full: evicting the oldest key before its retention ends"
+                        );
                     }
                     self.by_key.remove(&key);
                     self.order.pop_front();
@@ -201,14 +204,14 @@ impl IdempotencyStore for MemoryStore {
         let now = Instant::now();
         let mut entries = self.lock();
         entries.evict(now, self.max_keys);
-        if let Some(entry) = entries.by_key.get(key) {
-            if entry.expires_at > now {
-                return Ok(match (&entry.slot, entry.fingerprint == fingerprint) {
-                    (_, false) => Begin::Mismatch,
-                    (Slot::InFlight, true) => Begin::InFlight,
-                    (Slot::Done(answer), true) => Begin::Replay(answer.clone()),
-                });
-            }
+        if let Some(entry) = entries.by_key.get(key)
+            && entry.expires_at > now
+        {
+            return Ok(match (&entry.slot, entry.fingerprint == fingerprint) {
+                (_, false) => Begin::Mismatch,
+                (Slot::InFlight, true) => Begin::InFlight,
+                (Slot::Done(answer), true) => Begin::Replay(answer.clone()),
+            });
         }
         entries.insert(
             key,
@@ -267,7 +270,10 @@ mod tests {
         assert_eq!(store.begin("k", A).await.unwrap(), Begin::InFlight);
         assert_eq!(store.begin("k", B).await.unwrap(), Begin::Mismatch);
         store.complete("k", answer(200)).await.unwrap();
-        assert_eq!(store.begin("k", A).await.unwrap(), Begin::Replay(answer(200)));
+        assert_eq!(
+            store.begin("k", A).await.unwrap(),
+            Begin::Replay(answer(200))
+        );
         assert_eq!(store.begin("k", B).await.unwrap(), Begin::Mismatch);
     }
 
@@ -285,7 +291,10 @@ mod tests {
         store.begin("k", A).await.unwrap();
         store.complete("k", answer(200)).await.unwrap();
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert!(matches!(store.begin("k", A).await.unwrap(), Begin::Replay(_)));
+        assert!(matches!(
+            store.begin("k", A).await.unwrap(),
+            Begin::Replay(_)
+        ));
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(store.begin("k", B).await.unwrap(), Begin::Proceed);
         tokio::time::advance(Duration::from_secs(61)).await;
@@ -301,7 +310,10 @@ mod tests {
             store.complete(key, answer(200)).await.unwrap();
         }
         assert!(store.len() <= 3);
-        assert!(matches!(store.begin("e", A).await.unwrap(), Begin::Replay(_)));
+        assert!(matches!(
+            store.begin("e", A).await.unwrap(),
+            Begin::Replay(_)
+        ));
     }
 
     #[test]

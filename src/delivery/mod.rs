@@ -174,8 +174,13 @@ where
         // capacity must not hold one of the permits to Jelou.
         .layer(rate_limit::RateLimitLayer::new(limits))
         // Outside the retry: a request keeps its permit for its whole retry sequence.
-        .layer(concurrency::ConcurrencyLayer::new(delivery.max_in_flight, queue))
-        .layer(tower::retry::RetryLayer::new(retry::RetryPolicy::new(delivery)))
+        .layer(concurrency::ConcurrencyLayer::new(
+            delivery.max_in_flight,
+            queue,
+        ))
+        .layer(tower::retry::RetryLayer::new(retry::RetryPolicy::new(
+            delivery,
+        )))
         // Each attempt: journaled, and bounded by the per-attempt timeout and the deadline.
         .layer(attempt::AttemptLayer::new(config.request_timeout))
         .service(upstream);

@@ -105,14 +105,22 @@ impl Limits {
                     Some(Duration::from_secs(1)),
                 )
             })?;
-            tracing::debug!(what, wait_ms = wait.as_millis() as u64, "waiting for rate-limit capacity");
+            tracing::debug!(
+                what,
+                wait_ms = wait.as_millis() as u64,
+                "waiting for rate-limit capacity"
+            );
             tokio::time::sleep(wait).await;
         }
     }
 }
 
 /// A refusal before anything was sent.
-pub fn refused(kind: FailureKind, detail: String, retry_after: Option<Duration>) -> DeliveryFailure {
+pub fn refused(
+    kind: FailureKind,
+    detail: String,
+    retry_after: Option<Duration>,
+) -> DeliveryFailure {
     DeliveryFailure {
         kind,
         delivery: DeliveryState::NotSent,
@@ -169,9 +177,14 @@ where
         Box::pin(async move {
             // The pair limit first: it is the stricter one, and a refusal there must not
             // spend the bot's capacity.
-            let pair = (outbound.bot.alias.clone(), outbound.recipient.as_str().to_string());
+            let pair = (
+                outbound.bot.alias.clone(),
+                outbound.recipient.as_str().to_string(),
+            );
             limits
-                .acquire("recipient", outbound.deadline, || limits.wait_for_recipient(&pair))
+                .acquire("recipient", outbound.deadline, || {
+                    limits.wait_for_recipient(&pair)
+                })
                 .await?;
             let alias = outbound.bot.alias.clone();
             limits

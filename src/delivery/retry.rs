@@ -94,7 +94,10 @@ impl tower::retry::Policy<Outbound, Delivered, DeliveryFailure> for RetryPolicy 
         }
         let hint = failure.retry_after;
         if hint.is_some_and(|hint| hint > settings.retry_after_cap) {
-            tracing::debug!(?hint, "Retry-After is longer than retry_after_cap: answering now");
+            tracing::debug!(
+                ?hint,
+                "Retry-After is longer than retry_after_cap: answering now"
+            );
             return None;
         }
         let wait = backoff(attempts, settings.base, settings.cap).max(hint.unwrap_or_default());
@@ -106,7 +109,9 @@ impl tower::retry::Policy<Outbound, Delivered, DeliveryFailure> for RetryPolicy 
         }
         if !self.budget.withdraw() {
             tracing::warn!("retry budget exhausted: not retrying");
-            failure.detail.push_str(" (the relay's retry budget is exhausted)");
+            failure
+                .detail
+                .push_str(" (the relay's retry budget is exhausted)");
             return None;
         }
         tracing::info!(
@@ -148,15 +153,33 @@ mod tests {
         use DeliveryState::*;
         use FailureKind::*;
         let none: &[UnsafeRetry] = &[];
-        assert!(is_retryable(&failure(Unavailable, NotSent, None), none), "connect");
-        assert!(is_retryable(&failure(Unavailable, NotSent, Some(503)), none));
-        assert!(is_retryable(&failure(RateLimited, NotSent, Some(429)), none));
+        assert!(
+            is_retryable(&failure(Unavailable, NotSent, None), none),
+            "connect"
+        );
+        assert!(is_retryable(
+            &failure(Unavailable, NotSent, Some(503)),
+            none
+        ));
+        assert!(is_retryable(
+            &failure(RateLimited, NotSent, Some(429)),
+            none
+        ));
         assert!(!is_retryable(&failure(Rejected, NotSent, Some(400)), none));
-        assert!(!is_retryable(&failure(AuthFailed, NotSent, Some(401)), none));
+        assert!(!is_retryable(
+            &failure(AuthFailed, NotSent, Some(401)),
+            none
+        ));
         for status in [500, 502, 504] {
-            assert!(!is_retryable(&failure(Unavailable, Unknown, Some(status)), none));
+            assert!(!is_retryable(
+                &failure(Unavailable, Unknown, Some(status)),
+                none
+            ));
         }
-        assert!(!is_retryable(&failure(DeadlineExceeded, Unknown, None), none));
+        assert!(!is_retryable(
+            &failure(DeadlineExceeded, Unknown, None),
+            none
+        ));
         assert!(!is_retryable(&failure(Unavailable, Unknown, None), none));
     }
 
@@ -165,12 +188,24 @@ mod tests {
         use DeliveryState::*;
         use FailureKind::*;
         let opted = [UnsafeRetry::BadGateway, UnsafeRetry::Timeout];
-        assert!(is_retryable(&failure(Unavailable, Unknown, Some(502)), &opted));
-        assert!(is_retryable(&failure(DeadlineExceeded, Unknown, None), &opted));
-        assert!(!is_retryable(&failure(Unavailable, Unknown, Some(500)), &opted));
+        assert!(is_retryable(
+            &failure(Unavailable, Unknown, Some(502)),
+            &opted
+        ));
+        assert!(is_retryable(
+            &failure(DeadlineExceeded, Unknown, None),
+            &opted
+        ));
+        assert!(!is_retryable(
+            &failure(Unavailable, Unknown, Some(500)),
+            &opted
+        ));
         assert!(!is_retryable(&failure(Unavailable, Unknown, None), &opted));
         // A 2xx that could not be read is never retried.
-        assert!(!is_retryable(&failure(Unavailable, Unknown, Some(200)), &opted));
+        assert!(!is_retryable(
+            &failure(Unavailable, Unknown, Some(200)),
+            &opted
+        ));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod request;
 pub mod sandbox;
+pub mod simulator;
 
 pub use client::JelouClient;
 pub use request::build_outbound;

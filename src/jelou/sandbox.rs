@@ -5,6 +5,7 @@ use std::task::{Context, Poll};
 
 use serde_json::{Value, json};
 
+use super::simulator::jelou_checks;
 use crate::delivery::{
     Delivered, DeliveryFailure, DeliveryState, FailureKind, Outbound, UpstreamError,
 };
@@ -15,20 +16,9 @@ pub struct Sandbox;
 
 impl Sandbox {
     fn answer(outbound: &Outbound) -> Result<Delivered, DeliveryFailure> {
-        let body: Value = serde_json::from_slice(&outbound.body).unwrap_or(Value::Null);
-        // The same required members Jelou checks; the relay's own validation makes a
-        // failure here a relay bug, reported as Jelou would report it.
-        let missing: Vec<&str> = [
-            "/title",
-            "/text",
-            "/caption",
-            "/parameters/flow_name",
-            "/parameters/flow_cta",
-        ]
-        .into_iter()
-        .filter(|pointer| !body.pointer(pointer).is_some_and(Value::is_string))
-        .collect();
-        if !missing.is_empty() {
+        // Jelou's own checks; the relay's validation makes a failure here a relay bug,
+        // reported as Jelou would report it.
+        if let Err(description) = jelou_checks(&outbound.body) {
             return Err(DeliveryFailure {
                 kind: FailureKind::Rejected,
                 delivery: DeliveryState::NotSent,
@@ -37,11 +27,12 @@ impl Sandbox {
                 upstream: Some(UpstreamError {
                     status: 422,
                     code: Some("unprocessable_entity".into()),
-                    description: Some(format!("missing fields: {}", missing.join(", "))),
+                    description: Some(description),
                 }),
                 retry_after: None,
             });
         }
+        let body: Value = serde_json::from_slice(&outbound.body).unwrap_or(Value::Null);
         tracing::info!(
             bot = %outbound.bot.alias,
             path = %format!("/v1/bots/{}/users/{}/flow_message", outbound.bot.id, outbound.recipient.masked()),
