@@ -429,7 +429,6 @@ async fn resetting_upstream(
                     counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 socket.write_all(partial_answer).await.ok();
-                let _ = socket.set_linger(Some(Duration::ZERO));
                 drop(socket);
             });
         }
