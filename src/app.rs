@@ -11,7 +11,11 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{Request, header};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -22,8 +26,10 @@ use url::Url;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::api::auth::{Gate, authenticate};
 use crate::api::flow_messages::send_flow_message;
 use crate::api::health::{Readiness, healthz, readyz};
+use crate::api::limits::{header_size, shed_overload};
 use crate::api::openapi::ApiDoc;
 use crate::api::request_id::{X_REQUEST_ID, drop_unacceptable};
 use crate::api::{ApiError, RequestId};
@@ -45,6 +51,12 @@ pub struct AppState {
     pub deadline: Duration,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub idempotency_required: bool,
+    pub gate: Arc<Gate>,
+    /// One permit per request being handled.
+    pub permits: Arc<Semaphore>,
+    pub max_header_bytes: usize,
+    pub max_json_depth: usize,
+    pub body_read_timeout: Duration,
 }
 
 impl AppState {
@@ -69,14 +81,31 @@ impl AppState {
                 config.idempotency.max_keys,
             )),
             idempotency_required: config.idempotency.required,
+            gate: Arc::new(Gate::new(config.callers.clone())),
+            permits: Arc::new(Semaphore::new(config.max_in_flight)),
+            max_header_bytes: config.max_header_bytes,
+            max_json_depth: config.max_json_depth,
+            body_read_timeout: config.body_read_timeout,
         })
     }
 }
 
 /// The routes and the inbound stack, kept apart from `main` so tests can drive it.
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
+    let api = Router::new()
         .route("/v1/flow-messages", post(send_flow_message))
+        // Route layers run outer-last: shedding first, so an overloaded relay spends
+        // nothing on a request; then the caller's key and rate.
+        .route_layer(middleware::from_fn_with_state(
+            state.gate.clone(),
+            authenticate,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.permits.clone(),
+            shed_overload,
+        ));
+    let header_limit = state.max_header_bytes;
+    let routes = api
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
@@ -108,6 +137,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::Internal.into_problem("unknown").into_response()
         }));
     routes
+        .layer(middleware::from_fn_with_state(header_limit, header_size))
         .layer(inbound)
         // Outermost: a hostile or malformed caller id is dropped before one is assigned.
         .layer(middleware::from_fn(drop_unacceptable))
@@ -125,6 +155,7 @@ fn request_span(request: &Request<Body>) -> Span {
         request_id,
         method = %request.method(),
         path = request.uri().path(),
+        caller = tracing::field::Empty,
         bot = tracing::field::Empty,
         to = tracing::field::Empty,
         outcome = tracing::field::Empty,
@@ -168,6 +199,7 @@ pub struct Application {
     readiness: Readiness,
     shutdown_delay: Duration,
     drain_timeout: Duration,
+    header_read_timeout: Duration,
     port: u16,
 }
 
@@ -192,6 +224,7 @@ impl Application {
             router: router(state),
             shutdown_delay: config.shutdown_delay,
             drain_timeout: config.drain_timeout,
+            header_read_timeout: config.header_read_timeout,
             port,
         })
     }
@@ -211,10 +244,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let (drain_started, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let readiness = self.readiness.clone();
         let delay = self.shutdown_delay;
-        let signal = async move {
+        let stop_accepting = async move {
             shutdown.await;
             readiness.set_draining();
             tracing::info!(
@@ -222,26 +254,54 @@ impl Application {
                 "shutdown requested; /readyz now answers 503"
             );
             tokio::time::sleep(delay).await;
-            tracing::info!("listener closed; draining in-flight requests");
-            let _ = drain_started.send(());
         };
-        let drain = self.drain_timeout;
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
-        tokio::select! {
-            result = server.into_future() => {
-                tracing::info!("drained; exiting");
-                result
-            }
-            () = async move {
-                match drain_rx.await {
-                    Ok(()) => tokio::time::sleep(drain).await,
-                    Err(_) => std::future::pending().await,
+        tokio::pin!(stop_accepting);
+
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // A client that dribbles its headers is cut off (slow-loris).
+            .header_read_timeout(self.header_read_timeout)
+            .max_headers(100);
+        let graceful = GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let stream = match accepted {
+                        Ok((stream, _peer)) => stream,
+                        Err(error) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            tracing::warn!(%error, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let service = TowerToHyperService::new(self.router.clone());
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(error = %error, "connection ended with an error");
+                        }
+                    });
                 }
-            } => {
-                tracing::warn!(drain_ms = drain.as_millis() as u64, "drain period over; exiting with requests still in flight");
-                Ok(())
+                () = &mut stop_accepting => break,
             }
         }
+        drop(self.listener);
+        tracing::info!("listener closed; draining in-flight requests");
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("drained; exiting"),
+            () = tokio::time::sleep(self.drain_timeout) => tracing::warn!(
+                drain_ms = self.drain_timeout.as_millis() as u64,
+                "drain period over; exiting with requests still in flight"
+            ),
+        }
+        Ok(())
     }
 }
 

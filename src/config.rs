@@ -59,6 +59,9 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub recipients: RateSettings,
     pub idempotency: IdempotencySettings,
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub callers: BTreeMap<String, CallerSettings>,
     pub log: LogSettings,
 }
 
@@ -119,6 +122,39 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     pub shutdown_delay_ms: u64,
     pub drain_timeout_ms: u64,
+    pub max_in_flight: usize,
+    pub max_header_bytes: usize,
+    pub max_json_depth: usize,
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Callers present `Authorization: Bearer <key>`; see `[callers]`.
+    Bearer,
+    /// Anyone who can reach the relay may send.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+}
+
+/// A service allowed to send. Its key is never stored, only the key's SHA-256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerSettings {
+    pub key_sha256: Option<String>,
+    /// Bot aliases this caller may use; absent means all. A list, or a comma-separated
+    /// string (as environment variables give it).
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub bots: Option<Vec<String>>,
+    pub rate_per_second: Option<f64>,
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -477,6 +513,28 @@ impl Settings {
             );
         }
 
+        for (key, value) in [
+            ("server.max_in_flight", self.server.max_in_flight as u64),
+            (
+                "server.max_header_bytes",
+                self.server.max_header_bytes as u64,
+            ),
+            ("server.max_json_depth", self.server.max_json_depth as u64),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                problem(key, "must be greater than 0".into());
+            }
+        }
+        let callers = self.callers(&bots, production, &mut problem);
+
         if !problems.is_empty() {
             return Err(ConfigErrors(problems));
         }
@@ -512,6 +570,12 @@ impl Settings {
                 rate_limit_max_wait: Duration::from_millis(d.rate_limit_max_wait_ms),
             },
             recipients: self.recipients,
+            callers,
+            max_in_flight: self.server.max_in_flight,
+            max_header_bytes: self.server.max_header_bytes,
+            max_json_depth: self.server.max_json_depth,
+            header_read_timeout: Duration::from_millis(self.server.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.server.body_read_timeout_ms),
             idempotency: IdempotencyConfig {
                 required: self.idempotency.required,
                 retention: Duration::from_secs(self.idempotency.retention_seconds),
@@ -519,6 +583,146 @@ impl Settings {
             },
         })
     }
+}
+
+impl Settings {
+    /// The callers allowed to send, or open access where the configuration allows it.
+    fn callers(
+        &self,
+        bots: &BTreeMap<String, Arc<Bot>>,
+        production: bool,
+        problem: &mut impl FnMut(&str, String),
+    ) -> Callers {
+        if self.auth.mode == AuthMode::None {
+            return Callers::Open { explicit: true };
+        }
+        if self.callers.is_empty() {
+            if production {
+                problem(
+                    "callers",
+                    "none configured in production; add [callers.<name>] with key_sha256 (see `jelou-relay hash-key`), or set auth.mode = \"none\" to let anyone who can reach the relay send".into(),
+                );
+            }
+            return Callers::Open { explicit: false };
+        }
+        let mut callers = Vec::new();
+        for (name, caller) in &self.callers {
+            let key = format!("callers.{name}");
+            if !is_valid_alias(name) {
+                problem(
+                    &key,
+                    "name must be 1 to 64 characters of a-z, 0-9, '_' or '-'".into(),
+                );
+            }
+            let hash = match caller
+                .key_sha256
+                .as_deref()
+                .map(str::trim)
+                .map(decode_sha256)
+            {
+                Some(Some(hash)) => hash,
+                Some(None) => {
+                    problem(
+                        &format!("{key}.key_sha256"),
+                        "must be 64 hexadecimal characters: the SHA-256 of the key (`jelou-relay hash-key`)".into(),
+                    );
+                    continue;
+                }
+                None => {
+                    problem(
+                        &format!("{key}.key_sha256"),
+                        "missing; set the SHA-256 of the caller's key (`jelou-relay hash-key < key`)".into(),
+                    );
+                    continue;
+                }
+            };
+            if let Some(allowed) = &caller.bots {
+                for alias in allowed.iter().filter(|alias| !bots.contains_key(*alias)) {
+                    problem(
+                        &format!("{key}.bots"),
+                        format!("'{alias}' is not a configured bot alias"),
+                    );
+                }
+            }
+            let rate = match (caller.rate_per_second, caller.burst) {
+                (None, None) => None,
+                (rate, burst) => {
+                    let rate = RateSettings {
+                        rate_per_second: rate.unwrap_or(f64::from(burst.unwrap_or(1))),
+                        burst: burst.unwrap_or_else(|| rate.unwrap_or(1.0).ceil().max(1.0) as u32),
+                    };
+                    check_rate(&key, &rate, problem);
+                    Some(rate)
+                }
+            };
+            callers.push(Arc::new(Caller {
+                name: name.clone(),
+                key_sha256: hash,
+                bots: caller.bots.clone(),
+                rate,
+            }));
+        }
+        Callers::Keys(callers)
+    }
+}
+
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(Some(match ListOrCsv::deserialize(deserializer)? {
+        ListOrCsv::List(list) => list,
+        ListOrCsv::Csv(csv) => csv
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    }))
+}
+
+fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A service allowed to call the relay.
+#[derive(Debug)]
+pub struct Caller {
+    pub name: String,
+    pub key_sha256: [u8; 32],
+    /// Bot aliases it may use; `None` means all.
+    pub bots: Option<Vec<String>>,
+    pub rate: Option<RateSettings>,
+}
+
+impl Caller {
+    pub fn may_use(&self, alias: &str) -> bool {
+        self.bots
+            .as_ref()
+            .is_none_or(|bots| bots.iter().any(|b| b == alias))
+    }
+}
+
+/// Who may call: named callers with keys, or anyone.
+#[derive(Debug, Clone)]
+pub enum Callers {
+    Keys(Vec<Arc<Caller>>),
+    /// `explicit` when `auth.mode = "none"`; otherwise no caller is configured (local only).
+    Open {
+        explicit: bool,
+    },
 }
 
 /// A secret given inline or as a file path (for mounted secrets); both at once is an error.
@@ -615,6 +819,13 @@ pub struct RelayConfig {
     /// WhatsApp's pair limit: messages to one recipient from one bot.
     pub recipients: RateSettings,
     pub idempotency: IdempotencyConfig,
+    pub callers: Callers,
+    /// Requests being handled at once, past which the relay sheds with 503.
+    pub max_in_flight: usize,
+    pub max_header_bytes: usize,
+    pub max_json_depth: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -789,6 +1000,7 @@ mod tests {
         s.upstream.base_url = "http://127.0.0.1:9999".into();
         s.upstream.client_id = Some("id".into());
         s.upstream.client_secret = Some(SecretString::from("secret"));
+        s.auth.mode = AuthMode::None;
         assert!(s.validate(Environment::Production).is_ok());
     }
 

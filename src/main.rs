@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use jelou_relay::app::{Application, shutdown_signal};
 use jelou_relay::config::{
-    self, Environment, LogFormat, LogSettings, RelayConfig, Settings, UpstreamMode,
+    self, Callers, Environment, LogFormat, LogSettings, RelayConfig, Settings, UpstreamMode,
 };
 use jelou_relay::jelou::simulator::{self, Scripted, SimulatorOptions};
 use jelou_relay::{api, telemetry};
@@ -34,6 +34,8 @@ enum Command {
     CheckConfig,
     /// Print the OpenAPI document.
     Openapi,
+    /// Read a caller key from stdin and print its SHA-256 for callers.<name>.key_sha256.
+    HashKey,
     /// Serve a Jelou stand-in (flow_message API) with injected latency and faults.
     Simulate(SimulateArgs),
 }
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Simulate(args) => simulate(args),
+        Command::HashKey => hash_key(),
         Command::CheckConfig => match load(&dir) {
             Ok((config, _)) => {
                 println!("{}", summary(&config));
@@ -161,6 +164,15 @@ fn serve(config: RelayConfig, settings: Settings) -> ExitCode {
             bots = ?config.bots.aliases().collect::<Vec<_>>(),
             "jelou-relay listening"
         );
+        match &config.callers {
+            Callers::Open { explicit: true } => tracing::warn!(
+                "auth.mode = \"none\": anyone who can reach the relay may send messages"
+            ),
+            Callers::Open { explicit: false } => tracing::warn!(
+                "no callers configured: anyone who can reach the relay may send (refused in production)"
+            ),
+            Callers::Keys(callers) => tracing::info!(callers = callers.len(), "caller authentication on"),
+        }
         if config.mode == UpstreamMode::Sandbox {
             tracing::warn!("sandbox mode: messages are validated and logged, never sent to Jelou");
         }
@@ -220,4 +232,20 @@ fn simulate(args: SimulateArgs) -> ExitCode {
             Err(e) => fail(&format!("simulator failed: {e}")),
         }
     })
+}
+
+fn hash_key() -> ExitCode {
+    use std::io::Read;
+    let mut key = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut key) {
+        return fail(&format!("cannot read the key from stdin: {e}"));
+    }
+    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        key.pop();
+    }
+    if key.len() < 16 {
+        return fail("the key must be at least 16 bytes; mint one with `openssl rand -hex 32`");
+    }
+    println!("{}", api::auth::hash_key(&key));
+    ExitCode::SUCCESS
 }

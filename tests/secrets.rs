@@ -43,8 +43,10 @@ async fn no_log_line_or_answer_carries_the_secret_on_any_path() {
         .await;
 
     let uri = jelou.uri();
+    let caller_hash = caller_key_sha256();
     let mut relay = RelayProcess::start(&[
         ("APP_ENVIRONMENT", "production"),
+        ("JELOU_RELAY__CALLERS__ORDERS__KEY_SHA256", &caller_hash),
         ("RUST_LOG", "trace"),
         ("JELOU_RELAY__UPSTREAM__BASE_URL", &uri),
         ("JELOU_RELAY__BOTS__VENTAS__ID", BOT_ID),
@@ -56,7 +58,7 @@ async fn no_log_line_or_answer_carries_the_secret_on_any_path() {
     let send = |query: &'static str, body: serde_json::Value| {
         let request = client
             .post(relay.url(&format!("/v1/flow-messages{query}")))
-            .header("authorization", "Bearer caller-key")
+            .header("authorization", format!("Bearer {CALLER_KEY}"))
             .json(&body);
         async move {
             let response = request.send().await.unwrap();

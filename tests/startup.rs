@@ -14,8 +14,12 @@ fn check_config(env: &[(&str, &str)]) -> (bool, String, String) {
     )
 }
 
+/// sha256("orders-key-0123456789abcdef"), the tests' caller key.
+const CALLER_HASH: &str = "57b48040a156ef658f64101c91bbc2929d63f1349283cb6c9e3b2b079363a7d2";
+
 const PRODUCTION_OK: &[(&str, &str)] = &[
     ("APP_ENVIRONMENT", "production"),
+    ("JELOU_RELAY__CALLERS__ORDERS__KEY_SHA256", CALLER_HASH),
     ("JELOU_RELAY__BOTS__VENTAS__ID", "BOT_ID"),
     ("JELOU_RELAY__UPSTREAM__CLIENT_ID", "relay-client"),
     ("JELOU_RELAY__UPSTREAM__CLIENT_SECRET", CLIENT_SECRET),
@@ -121,7 +125,8 @@ fn every_problem_is_reported_at_once_one_per_line() {
     let (ok, _, stderr) = check_config(&env);
     assert!(!ok);
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 3, "{stderr}");
+    // Sandbox mode, plain http, no bot, no caller.
+    assert_eq!(lines.len(), 4, "{stderr}");
     assert!(
         lines.iter().all(|l| l.starts_with("config error: ")),
         "{stderr}"
@@ -136,6 +141,7 @@ fn secret_file_is_read_and_trimmed() {
     let path = file.to_str().unwrap();
     let env = [
         ("APP_ENVIRONMENT", "production"),
+        ("JELOU_RELAY__CALLERS__ORDERS__KEY_SHA256", CALLER_HASH),
         ("JELOU_RELAY__BOTS__VENTAS__ID", "BOT_ID"),
         ("JELOU_RELAY__BOTS__VENTAS__CLIENT_ID", "relay-client"),
         ("JELOU_RELAY__BOTS__VENTAS__CLIENT_SECRET_FILE", path),
@@ -194,4 +200,36 @@ fn post_seed(url: &str) -> (u16, String) {
             .unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     })
+}
+
+#[test]
+fn production_may_run_without_callers_only_when_auth_is_explicitly_off() {
+    let env = production_with(&[
+        ("JELOU_RELAY__CALLERS__ORDERS__KEY_SHA256", ""),
+        ("JELOU_RELAY__AUTH__MODE", "none"),
+    ]);
+    let (ok, _, stderr) = check_config(&env);
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn hash_key_prints_the_sha256_of_stdin() {
+    use std::io::Write;
+    let mut child = relay_command(&["hash-key"], &[])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{CALLER_KEY}\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap().trim(),
+        CALLER_HASH
+    );
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -16,6 +17,7 @@ use tracing::Instrument;
 use tracing::Span;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Authenticated;
 use super::problem::{ApiError, PROBLEM_CONTENT_TYPE, Problem};
 use super::request_id::RequestId;
 use crate::app::AppState;
@@ -164,6 +166,7 @@ pub enum SendOutcome {
     post,
     path = "/v1/flow-messages",
     tag = "flow-messages",
+    security(("bearer" = []), ()),
     params(
         SendParams,
         ("Idempotency-Key" = Option<String>, Header,
@@ -176,6 +179,10 @@ pub enum SendOutcome {
     request_body(content = FlowMessageRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Sent (or validated, on a dry run)", body = SendOutcome),
+        (status = 401, description = "`unauthorized`: no or a wrong `Authorization: Bearer` key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden_bot`: this caller may not use this bot", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "`request_timeout`: the body did not arrive in time", body = Problem, content_type = "application/problem+json"),
+        (status = 431, description = "`headers_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "`malformed_json`: the body is not a JSON object; `invalid_idempotency_key`; `idempotency_key_required`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 405, description = "`method_not_allowed`", body = Problem, content_type = "application/problem+json"),
@@ -192,11 +199,21 @@ pub enum SendOutcome {
 pub async fn send_flow_message(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
+    Extension(caller): Extension<Authenticated>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match handle(state, &request_id, query.as_deref(), &headers, body).await {
+    match handle(
+        state,
+        &caller,
+        &request_id,
+        query.as_deref(),
+        &headers,
+        body,
+    )
+    .await
+    {
         Ok(response) => response,
         Err(error) => {
             log_failure(&error);
@@ -205,14 +222,12 @@ pub async fn send_flow_message(
     }
 }
 
-/// Idempotency keys are namespaced per caller; callers are not told apart yet.
-const CALLER_NAMESPACE: &str = "default";
-
 /// The header a caller uses to ask for a shorter deadline than the relay's.
 pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 
 async fn handle(
     state: AppState,
+    caller: &Authenticated,
     request_id: &str,
     query: Option<&str>,
     headers: &HeaderMap,
@@ -222,8 +237,14 @@ async fn handle(
     check_content_type(headers)?;
     let idempotency_key = idempotency_key(headers, state.idempotency_required)?;
     let deadline = Instant::now() + requested_timeout(headers, state.deadline)?;
-    let bytes = read_body(body, headers, state.body_limit).await?;
-    let object = parse_object(&bytes).map_err(|e| ApiError::MalformedJson(e.0))?;
+    let bytes = tokio::time::timeout(
+        state.body_read_timeout,
+        read_body(body, headers, state.body_limit),
+    )
+    .await
+    .map_err(|_elapsed| ApiError::RequestTimeout)??;
+    let object =
+        parse_object(&bytes, state.max_json_depth).map_err(|e| ApiError::MalformedJson(e.0))?;
 
     // The alias is looked up even when other fields fail, so every error comes at once.
     let raw_alias = object.get("bot").and_then(Value::as_str).map(str::to_owned);
@@ -248,6 +269,9 @@ async fn handle(
     let span = Span::current();
     span.record("bot", bot.alias.as_str());
     span.record("to", message.to.masked().as_str());
+    if !caller.may_use(&bot.alias) {
+        return Err(ApiError::ForbiddenBot);
+    }
 
     let outbound = build_outbound(
         &state.base_url,
@@ -272,7 +296,7 @@ async fn handle(
     let reserved = match idempotency_key {
         None => None,
         Some(key) => {
-            let scoped = scoped_key(CALLER_NAMESPACE, &key);
+            let scoped = scoped_key(caller.name(), &key);
             let begin = state
                 .idempotency
                 .begin(&scoped, fingerprint(&outbound))

@@ -1,7 +1,9 @@
 //! Inbound HTTP: the routes, their request and response types, and problem+json errors.
 
+pub mod auth;
 pub mod flow_messages;
 pub mod health;
+pub mod limits;
 pub mod openapi;
 pub mod problem;
 pub mod request_id;

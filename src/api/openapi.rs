@@ -1,6 +1,7 @@
 //! The OpenAPI 3.1 document, generated from the handlers' own types.
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use super::flow_messages;
 use super::health;
@@ -15,12 +16,34 @@ use super::health;
         license(name = "MIT"),
     ),
     paths(flow_messages::send_flow_message, health::healthz, health::readyz),
+    modifiers(&BearerKeys),
     tags(
         (name = "flow-messages", description = "Sending WhatsApp Flow messages"),
         (name = "operations", description = "Probes"),
     )
 )]
 pub struct ApiDoc;
+
+/// Callers' relay keys: `Authorization: Bearer <key>`.
+struct BearerKeys;
+
+impl Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The caller's relay key (callers.<name>.key_sha256 holds its SHA-256). \
+                         Not needed when the relay runs without callers (local) or with auth.mode = \"none\".",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The document as pretty JSON, as served at `/openapi.json` and committed in `deploy/`.
 pub fn document_json() -> String {

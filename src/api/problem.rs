@@ -80,6 +80,21 @@ pub enum ApiError {
     NotFound,
     MethodNotAllowed,
     Internal,
+    /// No or a wrong bearer key.
+    Unauthorized(String),
+    /// The caller may not use this bot.
+    ForbiddenBot,
+    /// The caller's own inbound rate is used up.
+    CallerRateLimited {
+        retry_after: u64,
+    },
+    /// Too many requests are being handled at once.
+    Overloaded,
+    HeadersTooLarge {
+        limit: usize,
+    },
+    /// The body did not arrive in time.
+    RequestTimeout,
 }
 
 impl ApiError {
@@ -148,6 +163,34 @@ impl ApiError {
                 true,
             ),
             ApiError::NotFound => (S::NOT_FOUND, "not_found", "Not found", false),
+            ApiError::Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized", "Unauthorized", false),
+            ApiError::ForbiddenBot => (
+                S::FORBIDDEN,
+                "forbidden_bot",
+                "This caller may not use this bot",
+                false,
+            ),
+            ApiError::CallerRateLimited { .. } => {
+                (S::TOO_MANY_REQUESTS, "rate_limited", "Rate limited", true)
+            }
+            ApiError::Overloaded => (
+                S::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "The relay is overloaded",
+                true,
+            ),
+            ApiError::HeadersTooLarge { .. } => (
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "Request headers too large",
+                false,
+            ),
+            ApiError::RequestTimeout => (
+                S::REQUEST_TIMEOUT,
+                "request_timeout",
+                "The request body did not arrive in time",
+                true,
+            ),
             ApiError::MethodNotAllowed => (
                 S::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -243,6 +286,20 @@ impl ApiError {
                 "no such route; the API is POST /v1/flow-messages (see /docs)".into()
             }
             ApiError::MethodNotAllowed => "this route does not accept that method".into(),
+            ApiError::Unauthorized(detail) => detail.clone(),
+            ApiError::ForbiddenBot => {
+                "this caller is not allowed to send through this bot (callers.<name>.bots)".into()
+            }
+            ApiError::CallerRateLimited { .. } => {
+                "this caller's request rate is used up; retry after the given time".into()
+            }
+            ApiError::Overloaded => {
+                "the relay is handling as many requests as it may; retry shortly".into()
+            }
+            ApiError::HeadersTooLarge { limit } => {
+                format!("the request headers are larger than the limit of {limit} bytes")
+            }
+            ApiError::RequestTimeout => "the request body did not arrive in time".into(),
             ApiError::Internal => "the relay failed unexpectedly; the message was not sent".into(),
         }
     }
@@ -279,9 +336,16 @@ impl ApiError {
                         .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
                 )
             }
-            ApiError::IdempotencyKeyInFlight | ApiError::StoreUnavailable(_) => {
-                (Vec::new(), DeliveryState::NotSent, None, None, Some(1))
-            }
+            ApiError::IdempotencyKeyInFlight
+            | ApiError::StoreUnavailable(_)
+            | ApiError::Overloaded => (Vec::new(), DeliveryState::NotSent, None, None, Some(1)),
+            ApiError::CallerRateLimited { retry_after } => (
+                Vec::new(),
+                DeliveryState::NotSent,
+                None,
+                None,
+                Some(retry_after),
+            ),
             _ => (Vec::new(), DeliveryState::NotSent, None, None, None),
         };
         Problem {

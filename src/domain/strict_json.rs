@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// Why a body is not a JSON object.
@@ -16,13 +16,18 @@ impl fmt::Display for JsonError {
     }
 }
 
-/// Parses a request body that must be one JSON object. Nesting is bounded by
-/// serde_json's recursion limit (128), so deep input is an error, not a stack overflow.
-pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, JsonError> {
+/// Parses a request body that must be one JSON object nested at most `max_depth` deep
+/// (serde_json's own recursion limit of 128 backs this up), so deep input is an error,
+/// never a stack overflow.
+pub fn parse_object(bytes: &[u8], max_depth: usize) -> Result<Map<String, Value>, JsonError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = StrictValue::deserialize(&mut deserializer)
-        .and_then(|v| deserializer.end().map(|()| v.0))
-        .map_err(|e| JsonError(format!("body is not valid JSON: {e}")))?;
+    let value = StrictSeed {
+        depth: 0,
+        max_depth,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|v| deserializer.end().map(|()| v.0))
+    .map_err(|e| JsonError(format!("body is not valid JSON: {e}")))?;
     match value {
         Value::Object(map) => Ok(map),
         other => Err(JsonError(format!(
@@ -46,15 +51,37 @@ pub fn kind(value: &Value) -> &'static str {
 
 struct StrictValue(Value);
 
-impl<'de> Deserialize<'de> for StrictValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor)
+/// Deserializes one value at `depth`, refusing containers deeper than `max_depth`.
+#[derive(Clone, Copy)]
+struct StrictSeed {
+    depth: usize,
+    max_depth: usize,
+}
+
+impl StrictSeed {
+    fn nested<E: de::Error>(self) -> Result<StrictSeed, E> {
+        if self.depth >= self.max_depth {
+            return Err(E::custom(format_args!(
+                "nesting deeper than {} levels",
+                self.max_depth
+            )));
+        }
+        Ok(StrictSeed {
+            depth: self.depth + 1,
+            ..self
+        })
     }
 }
 
-struct StrictVisitor;
+impl<'de> DeserializeSeed<'de> for StrictSeed {
+    type Value = StrictValue;
 
-impl<'de> Visitor<'de> for StrictVisitor {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<StrictValue, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictSeed {
     type Value = StrictValue;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -87,20 +114,22 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StrictValue, A::Error> {
+        let inner = self.nested()?;
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(StrictValue(item)) = seq.next_element()? {
+        while let Some(StrictValue(item)) = seq.next_element_seed(inner)? {
             items.push(item);
         }
         Ok(StrictValue(Value::Array(items)))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<StrictValue, A::Error> {
+        let inner = self.nested()?;
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
             if map.contains_key(&key) {
                 return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
             }
-            let StrictValue(value) = access.next_value()?;
+            let StrictValue(value) = access.next_value_seed(inner)?;
             map.insert(key, value);
         }
         Ok(StrictValue(Value::Object(map)))
@@ -113,7 +142,7 @@ mod tests {
 
     #[test]
     fn parses_objects_and_keeps_numbers() {
-        let map = parse_object(br#"{"a": 1, "b": [1.5, "x", null, {"c": true}]}"#).unwrap();
+        let map = parse_object(br#"{"a": 1, "b": [1.5, "x", null, {"c": true}]}"#, 32).unwrap();
         assert_eq!(
             Value::Object(map),
             serde_json::json!({"a": 1, "b": [1.5, "x", null, {"c": true}]})
@@ -123,12 +152,12 @@ mod tests {
     #[test]
     fn refuses_duplicates_at_any_depth() {
         assert!(
-            parse_object(br#"{"to": "1", "to": "2"}"#)
+            parse_object(br#"{"to": "1", "to": "2"}"#, 32)
                 .unwrap_err()
                 .0
                 .contains("duplicate key \"to\"")
         );
-        assert!(parse_object(br#"{"flow": {"cta": "a", "cta": "b"}}"#).is_err());
+        assert!(parse_object(br#"{"flow": {"cta": "a", "cta": "b"}}"#, 32).is_err());
     }
 
     #[test]
@@ -141,13 +170,22 @@ mod tests {
             b"{\"a\": \"\xff\"}",
             b"",
         ] {
-            assert!(parse_object(body).is_err(), "{body:?}");
+            assert!(parse_object(body, 32).is_err(), "{body:?}");
         }
     }
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(parse_object(deep.as_bytes()).is_err());
+        assert!(parse_object(deep.as_bytes(), 32).is_err());
+    }
+
+    #[test]
+    fn depth_is_bounded_exactly() {
+        let nested =
+            |levels: usize| format!("{}{}", "{\"a\":".repeat(levels) + "1", "}".repeat(levels));
+        assert!(parse_object(nested(4).as_bytes(), 4).is_ok());
+        let error = parse_object(nested(5).as_bytes(), 4).unwrap_err();
+        assert!(error.0.contains("nesting deeper than 4 levels"), "{error}");
     }
 }

@@ -14,6 +14,11 @@ use wiremock::MockServer;
 pub const CLIENT_ID: &str = "relay-client";
 pub const CLIENT_SECRET: &str = "s3cr3t-Zq9-never-log-me";
 pub const BOT_ID: &str = "BOT_ID";
+/// A caller key and its SHA-256, as `callers.<name>.key_sha256` holds it.
+pub const CALLER_KEY: &str = "orders-key-0123456789abcdef";
+pub fn caller_key_sha256() -> String {
+    jelou_relay::api::auth::hash_key(CALLER_KEY.as_bytes())
+}
 
 /// `Basic base64("relay-client:s3cr3t-Zq9-never-log-me")`.
 pub fn expected_authorization() -> String {

@@ -1,0 +1,218 @@
+//! Callers: bearer-key authentication (keys compared by SHA-256 in constant time) and
+//! each caller's own inbound rate, with the IETF `RateLimit` headers.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::RateLimiter;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use http::{HeaderValue, header};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::Span;
+
+use super::problem::ApiError;
+use super::request_id::RequestId;
+use crate::config::{Caller, Callers, RateSettings};
+use crate::delivery::rate_limit::quota;
+
+type CallerLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// Who is calling, as established by [`authenticate`].
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Option<Arc<Caller>>);
+
+impl Authenticated {
+    /// The caller's name, `anonymous` when the relay is open.
+    pub fn name(&self) -> &str {
+        self.0.as_ref().map_or("anonymous", |c| c.name.as_str())
+    }
+
+    pub fn may_use(&self, alias: &str) -> bool {
+        self.0.as_ref().is_none_or(|c| c.may_use(alias))
+    }
+}
+
+struct Limited {
+    limiter: CallerLimiter,
+    rate: RateSettings,
+}
+
+/// The callers and their limiters, shared by every request.
+pub struct Gate {
+    callers: Callers,
+    limits: HashMap<String, Limited>,
+    clock: DefaultClock,
+}
+
+impl Gate {
+    pub fn new(callers: Callers) -> Self {
+        let limits = match &callers {
+            Callers::Keys(list) => list
+                .iter()
+                .filter_map(|c| {
+                    let rate = c.rate?;
+                    let limiter = RateLimiter::direct(quota(&rate))
+                        .with_middleware::<StateInformationMiddleware>();
+                    Some((c.name.clone(), Limited { limiter, rate }))
+                })
+                .collect(),
+            Callers::Open { .. } => HashMap::new(),
+        };
+        Gate {
+            callers,
+            limits,
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// The caller whose key hashes to the presented key's hash, comparing every
+    /// configured hash in constant time.
+    fn identify(&self, presented: &[u8]) -> Option<Arc<Caller>> {
+        let Callers::Keys(callers) = &self.callers else {
+            return None;
+        };
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        let mut found = None;
+        for caller in callers {
+            if bool::from(caller.key_sha256.ct_eq(&digest)) {
+                found = Some(caller.clone());
+            }
+        }
+        found
+    }
+}
+
+/// `Bearer <token>` from the Authorization header (scheme case-insensitive).
+fn bearer(request: &Request) -> Option<&[u8]> {
+    let value = request.headers().get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = value.split_at(value.iter().position(|b| *b == b' ')?);
+    let token = token.trim_ascii();
+    (scheme.eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token)
+}
+
+fn unauthorized(request_id: &str, detail: &str, invalid_token: bool) -> Response {
+    let mut response = ApiError::Unauthorized(detail.into())
+        .into_problem(request_id)
+        .into_response();
+    let challenge = if invalid_token {
+        "Bearer realm=\"jelou-relay\", error=\"invalid_token\""
+    } else {
+        "Bearer realm=\"jelou-relay\""
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// Authenticates the caller, applies its rate, and hands its identity to the handler.
+pub async fn authenticate(
+    State(gate): State<Arc<Gate>>,
+    RequestId(request_id): RequestId,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = match &gate.callers {
+        Callers::Open { .. } => Authenticated(None),
+        Callers::Keys(_) => match bearer(&request) {
+            None => {
+                return unauthorized(
+                    &request_id,
+                    "send `Authorization: Bearer <key>` with this service's relay key",
+                    false,
+                );
+            }
+            Some(token) => match gate.identify(token) {
+                Some(caller) => Authenticated(Some(caller)),
+                None => return unauthorized(&request_id, "the bearer key is not valid", true),
+            },
+        },
+    };
+    Span::current().record("caller", caller.name());
+
+    let limited = gate.limits.get(caller.name());
+    let headers = match limited {
+        None => None,
+        Some(limited) => match limited.limiter.check() {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let used = limited.rate.burst.saturating_sub(remaining);
+                let reset = f64::from(used) / limited.rate.rate_per_second;
+                Some(rate_headers(&limited.rate, remaining, reset.ceil() as u64))
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(gate.clock.now());
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let mut response = ApiError::CallerRateLimited {
+                    retry_after: seconds.max(1),
+                }
+                .into_problem(&request_id)
+                .into_response();
+                for (name, value) in rate_headers(&limited.rate, 0, seconds.max(1)) {
+                    response.headers_mut().insert(name, value);
+                }
+                return response;
+            }
+        },
+    };
+    request.extensions_mut().insert(caller);
+    let mut response = next.run(request).await;
+    for (name, value) in headers.into_iter().flatten() {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+/// `RateLimit-Policy: "caller";q=<burst>;w=<seconds>` and `RateLimit: "caller";r=<left>;t=<seconds>`
+/// (IETF draft-ietf-httpapi-ratelimit-headers).
+fn rate_headers(
+    rate: &RateSettings,
+    remaining: u32,
+    reset: u64,
+) -> [(http::HeaderName, HeaderValue); 2] {
+    let window = (f64::from(rate.burst) / rate.rate_per_second)
+        .ceil()
+        .max(1.0) as u64;
+    let quota = NonZeroU32::new(rate.burst).map_or(1, NonZeroU32::get);
+    [
+        (
+            http::HeaderName::from_static("ratelimit-policy"),
+            HeaderValue::from_str(&format!("\"caller\";q={quota};w={window}"))
+                .unwrap_or(HeaderValue::from_static("\"caller\"")),
+        ),
+        (
+            http::HeaderName::from_static("ratelimit"),
+            HeaderValue::from_str(&format!("\"caller\";r={remaining};t={reset}"))
+                .unwrap_or(HeaderValue::from_static("\"caller\"")),
+        ),
+    ]
+}
+
+/// The SHA-256 of a key, in lower-case hex, as `callers.<name>.key_sha256` wants it.
+pub fn hash_key(key: &[u8]) -> String {
+    Sha256::digest(key)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_key_is_hex_sha256() {
+        assert_eq!(
+            hash_key(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
