@@ -45,7 +45,7 @@ pub struct FlowMessageRequest {
     pub bot: Option<String>,
     /// Recipient with country code. `+`, spaces, dashes, dots and parentheses are
     /// stripped; 8 to 15 ASCII digits must remain, the first not 0.
-    #[schema(example = "+593 98 765 4321", min_length = 8, max_length = 64)]
+    #[schema(example = "+593 98 765 4321", min_length = 8)]
     pub to: String,
     /// Header above the Flow button: 1 to 60 characters (Unicode code points), not blank.
     #[schema(min_length = 1, max_length = 60)]
@@ -169,9 +169,9 @@ pub enum SendOutcome {
     security(("bearer" = []), ()),
     params(
         SendParams,
-        ("Idempotency-Key" = Option<String>, Header,
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]{1,255}$",
             description = "1 to 255 printable ASCII characters. The same key and message within the retention period replay the stored answer (with `Idempotent-Replayed: true`) without calling Jelou."),
-        ("X-Request-Timeout-Ms" = Option<u64>, Header,
+        ("X-Request-Timeout-Ms" = Option<u64>, Header, minimum = 1,
             description = "A shorter deadline for this request, in milliseconds; the relay's own deadline is the most."),
         ("X-Request-Id" = Option<String>, Header,
             description = "Kept when 1 to 128 characters of letters, digits and `-_.:`; generated otherwise. Returned, logged and sent to Jelou."),
@@ -446,8 +446,8 @@ fn parse_query(query: Option<&str>) -> Result<bool, ApiError> {
     let mut errors = Vec::new();
     for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match (key.as_ref(), value.as_ref()) {
-            ("dry_run", "true" | "1" | "") => dry_run = true,
-            ("dry_run", "false" | "0") => dry_run = false,
+            ("dry_run", "true") => dry_run = true,
+            ("dry_run", "false") => dry_run = false,
             ("dry_run", _) => {
                 errors.push(FieldError::new("query.dry_run", "must be true or false"))
             }
