@@ -58,18 +58,34 @@ async fn a_missing_or_wrong_key_is_401_with_a_bearer_challenge() {
     let app = spawn_with(settings_with_callers(&jelou)).await;
     let cases: [(Option<String>, &str); 5] = [
         (None, "Bearer realm=\"jelou-relay\""),
-        (Some(bearer("not-the-key")), "Bearer realm=\"jelou-relay\", error=\"invalid_token\""),
-        (Some(format!("Basic {CALLER_KEY}")), "Bearer realm=\"jelou-relay\""),
+        (
+            Some(bearer("not-the-key")),
+            "Bearer realm=\"jelou-relay\", error=\"invalid_token\"",
+        ),
+        (
+            Some(format!("Basic {CALLER_KEY}")),
+            "Bearer realm=\"jelou-relay\"",
+        ),
         (Some("Bearer".into()), "Bearer realm=\"jelou-relay\""),
-        (Some(bearer(&caller_key_sha256())), "Bearer realm=\"jelou-relay\", error=\"invalid_token\""),
+        (
+            Some(bearer(&caller_key_sha256())),
+            "Bearer realm=\"jelou-relay\", error=\"invalid_token\"",
+        ),
     ];
     for (authorization, challenge) in cases {
-        let mut request = app.client.post(app.url("/v1/flow-messages")).json(&seed_message());
+        let mut request = app
+            .client
+            .post(app.url("/v1/flow-messages"))
+            .json(&seed_message());
         if let Some(value) = &authorization {
             request = request.header("authorization", value);
         }
         let response = request.send().await.unwrap();
-        assert_eq!(response.headers()["www-authenticate"], challenge, "{authorization:?}");
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            challenge,
+            "{authorization:?}"
+        );
         let problem = assert_problem(response, 401, "unauthorized").await;
         assert_eq!(problem["delivery"], "not_sent");
     }
@@ -85,7 +101,11 @@ async fn a_valid_key_sends_and_probes_stay_open() {
         .await;
     assert_eq!(response.status(), 200);
     for path in ["/healthz", "/readyz", "/openapi.json"] {
-        assert_eq!(app.client.get(app.url(path)).send().await.unwrap().status(), 200, "{path}");
+        assert_eq!(
+            app.client.get(app.url(path)).send().await.unwrap().status(),
+            200,
+            "{path}"
+        );
     }
     assert_eq!(jelou.received_requests().await.unwrap().len(), 1);
 }
@@ -96,14 +116,21 @@ async fn a_bot_outside_the_callers_list_is_403() {
     let app = spawn_with(settings_with_callers(&jelou)).await;
     let mut message = seed_message();
     message["bot"] = json!("soporte");
-    let response = app.send_with(&message, &[("authorization", &bearer(CALLER_KEY))]).await;
+    let response = app
+        .send_with(&message, &[("authorization", &bearer(CALLER_KEY))])
+        .await;
     let problem = assert_problem(response, 403, "forbidden_bot").await;
     assert_eq!(problem["delivery"], "not_sent");
-    let response = app.send_with(&message, &[("authorization", &bearer(MARKETING_KEY))]).await;
+    let response = app
+        .send_with(&message, &[("authorization", &bearer(MARKETING_KEY))])
+        .await;
     assert_eq!(response.status(), 200, "marketing may use every bot");
     let sent = jelou.received_requests().await.unwrap();
     assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].url.path(), "/v1/bots/BOT_2/users/593987654321/flow_message");
+    assert_eq!(
+        sent[0].url.path(),
+        "/v1/bots/BOT_2/users/593987654321/flow_message"
+    );
 }
 
 #[tokio::test]
@@ -129,9 +156,17 @@ async fn each_caller_has_its_own_rate_with_ratelimit_headers() {
     assert_eq!(problem["delivery"], "not_sent");
 
     // Another caller is not held back by marketing's rate.
-    let orders = app.send_with(&message_to_third(), &[("authorization", &bearer(CALLER_KEY))]).await;
+    let orders = app
+        .send_with(
+            &message_to_third(),
+            &[("authorization", &bearer(CALLER_KEY))],
+        )
+        .await;
     assert_eq!(orders.status(), 200);
-    assert!(orders.headers().get("ratelimit").is_none(), "orders has no rate of its own");
+    assert!(
+        orders.headers().get("ratelimit").is_none(),
+        "orders has no rate of its own"
+    );
     assert_eq!(jelou.received_requests().await.unwrap().len(), 3);
 }
 
@@ -147,13 +182,28 @@ async fn idempotency_keys_are_namespaced_per_caller() {
     let app = spawn_with(settings_with_callers(&jelou)).await;
     for key in [CALLER_KEY, MARKETING_KEY] {
         let response = app
-            .send_with(&seed_message(), &[("authorization", &bearer(key)), ("idempotency-key", "same-key")])
+            .send_with(
+                &seed_message(),
+                &[
+                    ("authorization", &bearer(key)),
+                    ("idempotency-key", "same-key"),
+                ],
+            )
             .await;
         assert_eq!(response.status(), 200);
-        assert!(response.headers().get("idempotent-replayed").is_none(), "no cross-caller replay");
+        assert!(
+            response.headers().get("idempotent-replayed").is_none(),
+            "no cross-caller replay"
+        );
     }
     let replay = app
-        .send_with(&seed_message(), &[("authorization", &bearer(CALLER_KEY)), ("idempotency-key", "same-key")])
+        .send_with(
+            &seed_message(),
+            &[
+                ("authorization", &bearer(CALLER_KEY)),
+                ("idempotency-key", "same-key"),
+            ],
+        )
         .await;
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(jelou.received_requests().await.unwrap().len(), 2);

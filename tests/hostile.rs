@@ -18,7 +18,11 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 async fn jelou(delay: Duration) -> MockServer {
     let jelou = MockServer::start().await;
     Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})).set_delay(delay))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({}))
+                .set_delay(delay),
+        )
         .mount(&jelou)
         .await;
     jelou
@@ -60,11 +64,18 @@ async fn header_injection_in_request_ids_never_reaches_an_answer_or_jelou() {
         "x-request-id: ok\r\nx-request-id: twice\r\n",
     ] {
         let answer = raw_exchange(&app, &raw_post(hostile, &body)).await;
-        let head = answer.split("\r\n\r\n").next().unwrap_or("").to_ascii_lowercase();
+        let head = answer
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
         assert!(!head.contains("set-cookie"), "{hostile:?}: {answer}");
         assert!(!head.contains("abc"), "{hostile:?}: {answer}");
         let status: u16 = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
-        assert!(status == 200 || (400..500).contains(&status), "{hostile:?}: {answer}");
+        assert!(
+            status == 200 || (400..500).contains(&status),
+            "{hostile:?}: {answer}"
+        );
     }
     for request in jelou.received_requests().await.unwrap() {
         let id = request.headers["x-request-id"].to_str().unwrap();
@@ -103,7 +114,13 @@ async fn json_deeper_than_the_limit_is_400() {
     }
     message["context"] = deep;
     let problem = assert_problem(app.send(&message).await, 400, "malformed_json").await;
-    assert!(problem["detail"].as_str().unwrap().contains("nesting deeper than 8"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nesting deeper than 8"),
+        "{problem}"
+    );
     assert!(jelou.received_requests().await.unwrap().is_empty());
 }
 
@@ -113,13 +130,20 @@ async fn a_slow_loris_is_cut_off() {
     let app = app_with(&jelou, |s| s.server.header_read_timeout_ms = 300).await;
     let address = app.address.trim_start_matches("http://").to_string();
     let mut stream = TcpStream::connect(&address).await.unwrap();
-    stream.write_all(b"POST /v1/flow-messages HTTP/1.1\r\nhost: relay\r\n").await.unwrap();
+    stream
+        .write_all(b"POST /v1/flow-messages HTTP/1.1\r\nhost: relay\r\n")
+        .await
+        .unwrap();
     // Never finish the headers: the relay must close the connection on its own.
     let mut answer = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     assert!(closed.is_ok(), "the connection was closed by the relay");
     let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
@@ -138,7 +162,10 @@ async fn past_the_in_flight_limit_requests_are_shed_and_probes_still_answer() {
     let jelou = jelou(Duration::from_millis(800)).await;
     let app = app_with(&jelou, |s| s.server.max_in_flight = 1).await;
     let first = {
-        let request = app.client.post(app.url("/v1/flow-messages")).json(&seed_message());
+        let request = app
+            .client
+            .post(app.url("/v1/flow-messages"))
+            .json(&seed_message());
         tokio::spawn(async move { request.send().await.unwrap() })
     };
     while jelou.received_requests().await.unwrap().is_empty() {
@@ -150,7 +177,15 @@ async fn past_the_in_flight_limit_requests_are_shed_and_probes_still_answer() {
     assert_eq!(shed.headers()["retry-after"], "1");
     let problem = assert_problem(shed, 503, "overloaded").await;
     assert_eq!(problem["delivery"], "not_sent");
-    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(first.await.unwrap().status(), 200);
     assert_eq!(jelou.received_requests().await.unwrap().len(), 1);
 }
@@ -159,8 +194,19 @@ async fn past_the_in_flight_limit_requests_are_shed_and_probes_still_answer() {
 async fn hostile_paths_are_404_problems() {
     let jelou = jelou(Duration::ZERO).await;
     let app = app_with(&jelou, |_| {}).await;
-    for path in ["/v1/flow-messages/../admin", "/v1/flow-messages%2F..", "/v1//flow-messages", "/%00"] {
-        let response = app.client.post(app.url(path)).json(&seed_message()).send().await.unwrap();
+    for path in [
+        "/v1/flow-messages/../admin",
+        "/v1/flow-messages%2F..",
+        "/v1//flow-messages",
+        "/%00",
+    ] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .json(&seed_message())
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         assert!((400..500).contains(&status), "{path}: {status}");
         if status == 404 {
