@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::MatchedPath;
+use metrics_exporter_prometheus::PrometheusHandle;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,7 +28,7 @@ use url::Url;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::auth::{Gate, authenticate};
+use crate::api::auth::{Authenticated, Gate, authenticate};
 use crate::api::flow_messages::send_flow_message;
 use crate::api::health::{Readiness, healthz, readyz};
 use crate::api::limits::{header_size, shed_overload};
@@ -62,6 +64,8 @@ pub struct AppState {
 impl AppState {
     /// The state for `config`, with the delivery stack over Jelou or the sandbox.
     pub fn from_config(config: &RelayConfig) -> Result<AppState, String> {
+        // The recorder is installed before any metric is touched.
+        crate::metrics::handle();
         let delivery = match config.mode {
             UpstreamMode::Sandbox => delivery::stack(config, Sandbox),
             UpstreamMode::Jelou => {
@@ -137,6 +141,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::Internal.into_problem("unknown").into_response()
         }));
     routes
+        .layer(middleware::from_fn(record_request))
         .layer(middleware::from_fn_with_state(header_limit, header_size))
         .layer(inbound)
         // Outermost: a hostile or malformed caller id is dropped before one is assigned.
@@ -172,6 +177,54 @@ fn request_finished<B>(response: &http::Response<B>, latency: Duration, span: &S
     tracing::info!("request finished");
 }
 
+/// Request count, latency and in-flight gauge, by route (the matched pattern, so
+/// arbitrary paths cannot blow up the label set), status and caller.
+async fn record_request(request: axum::extract::Request, next: middleware::Next) -> Response {
+    struct InFlight;
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            metrics::gauge!(crate::metrics::IN_FLIGHT).decrement(1.0);
+        }
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = std::time::Instant::now();
+    metrics::gauge!(crate::metrics::IN_FLIGHT).increment(1.0);
+    let _in_flight = InFlight;
+    let response = next.run(request).await;
+    let caller = response
+        .extensions()
+        .get::<Authenticated>()
+        .map_or_else(|| "none".to_string(), |c| c.name().to_string());
+    let labels = [
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+        ("caller", caller),
+    ];
+    metrics::counter!(crate::metrics::REQUESTS, &labels).increment(1);
+    metrics::histogram!(crate::metrics::REQUEST_DURATION, &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The admin listener's routes.
+fn admin_router(handle: PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    handle.render(),
+                )
+            }
+        }),
+    )
+}
+
 async fn not_found(RequestId(id): RequestId) -> Response {
     ApiError::NotFound.into_problem(&id).into_response()
 }
@@ -195,6 +248,7 @@ pub enum StartError {
 /// A bound, ready-to-serve relay. Binding happens in `build`, so port 0 works in tests.
 pub struct Application {
     listener: TcpListener,
+    admin: Option<(TcpListener, u16)>,
     router: Router,
     readiness: Readiness,
     shutdown_delay: Duration,
@@ -218,8 +272,24 @@ impl Application {
             .local_addr()
             .map_err(|source| StartError::Bind { address, source })?
             .port();
+        let admin = match &config.admin {
+            None => None,
+            Some((host, admin_port)) => {
+                let address = format!("{host}:{admin_port}");
+                let bind_error = |source| StartError::Bind {
+                    address: address.clone(),
+                    source,
+                };
+                let listener = TcpListener::bind((host.as_str(), *admin_port))
+                    .await
+                    .map_err(bind_error)?;
+                let port = listener.local_addr().map_err(bind_error)?.port();
+                Some((listener, port))
+            }
+        };
         Ok(Application {
             listener,
+            admin,
             readiness: state.readiness.clone(),
             router: router(state),
             shutdown_delay: config.shutdown_delay,
@@ -231,6 +301,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The admin listener's port, when it is enabled.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin.as_ref().map(|(_, port)| *port)
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -264,6 +339,11 @@ impl Application {
             // A client that dribbles its headers is cut off (slow-loris).
             .header_read_timeout(self.header_read_timeout)
             .max_headers(100);
+        let admin = self.admin.map(|(listener, _)| {
+            tokio::spawn(async move {
+                axum::serve(listener, admin_router(crate::metrics::handle())).await
+            })
+        });
         let graceful = GracefulShutdown::new();
         loop {
             tokio::select! {
@@ -300,6 +380,9 @@ impl Application {
                 drain_ms = self.drain_timeout.as_millis() as u64,
                 "drain period over; exiting with requests still in flight"
             ),
+        }
+        if let Some(admin) = admin {
+            admin.abort();
         }
         Ok(())
     }

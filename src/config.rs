@@ -60,6 +60,7 @@ pub struct Settings {
     pub recipients: RateSettings,
     pub idempotency: IdempotencySettings,
     pub auth: AuthSettings,
+    pub admin: AdminSettings,
     #[serde(default)]
     pub callers: BTreeMap<String, CallerSettings>,
     pub log: LogSettings,
@@ -127,6 +128,15 @@ pub struct ServerSettings {
     pub max_json_depth: usize,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
+}
+
+/// The admin listener: `/metrics`, kept off the caller-facing port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -571,6 +581,10 @@ impl Settings {
             },
             recipients: self.recipients,
             callers,
+            admin: self
+                .admin
+                .enabled
+                .then(|| (self.admin.host.clone(), self.admin.port)),
             max_in_flight: self.server.max_in_flight,
             max_header_bytes: self.server.max_header_bytes,
             max_json_depth: self.server.max_json_depth,
@@ -820,6 +834,8 @@ pub struct RelayConfig {
     pub recipients: RateSettings,
     pub idempotency: IdempotencyConfig,
     pub callers: Callers,
+    /// Where the admin listener binds, when enabled.
+    pub admin: Option<(String, u16)>,
     /// Requests being handled at once, past which the relay sheds with 503.
     pub max_in_flight: usize,
     pub max_header_bytes: usize,

@@ -7,4 +7,5 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod jelou;
+pub mod metrics;
 pub mod telemetry;

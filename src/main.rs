@@ -44,7 +44,7 @@ enum Command {
 struct SimulateArgs {
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    #[arg(long, default_value_t = 9090)]
+    #[arg(long, default_value_t = 8081)]
     port: u16,
     /// Require these Basic credentials (with --client-secret); any are accepted otherwise.
     #[arg(long, requires = "client_secret")]

@@ -149,6 +149,7 @@ pub async fn authenticate(
                 Some(rate_headers(&limited.rate, remaining, reset.ceil() as u64))
             }
             Err(not_until) => {
+                metrics::counter!(crate::metrics::RATE_LIMIT_REJECTIONS, "limit" => "caller").increment(1);
                 let wait = not_until.wait_time_from(gate.clock.now());
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 let mut response = ApiError::CallerRateLimited {
@@ -163,8 +164,10 @@ pub async fn authenticate(
             }
         },
     };
-    request.extensions_mut().insert(caller);
+    request.extensions_mut().insert(caller.clone());
     let mut response = next.run(request).await;
+    // For the request metrics, recorded further out.
+    response.extensions_mut().insert(caller);
     for (name, value) in headers.into_iter().flatten() {
         response.headers_mut().insert(name, value);
     }

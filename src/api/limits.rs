@@ -38,6 +38,7 @@ pub async fn shed_overload(
     next: Next,
 ) -> Response {
     let Ok(_permit) = permits.try_acquire_owned() else {
+        metrics::counter!(crate::metrics::SHED, "where" => "in_flight").increment(1);
         tracing::warn!("in-flight limit reached: shedding");
         return ApiError::Overloaded
             .into_problem(&request_id)

@@ -64,6 +64,7 @@ where
         );
         Box::pin(
             async move {
+                let started = std::time::Instant::now();
                 let until = outbound.deadline.min(tokio::time::Instant::now() + timeout);
                 let result = match tokio::time::timeout_at(until, inner.oneshot(outbound)).await {
                     Ok(result) => result,
@@ -91,6 +92,13 @@ where
                         journal.attempt_finished(Some(failure.delivery));
                     }
                 }
+                let outcome = match &result {
+                    Ok(_) => "sent",
+                    Err(failure) => failure.delivery.as_str(),
+                };
+                metrics::counter!(crate::metrics::UPSTREAM_ATTEMPTS, "outcome" => outcome).increment(1);
+                metrics::histogram!(crate::metrics::UPSTREAM_DURATION)
+                    .record(started.elapsed().as_secs_f64());
                 tracing::debug!("attempt finished");
                 result
             }

@@ -63,6 +63,7 @@ where
         let limit = self.limit.clone();
         Box::pin(async move {
             let overloaded = || {
+                metrics::counter!(crate::metrics::SHED, "where" => "delivery_queue").increment(1);
                 refused(
                     FailureKind::Overloaded,
                     "the relay is at its limit of requests to Jelou; retry shortly".into(),

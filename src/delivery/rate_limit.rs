@@ -92,6 +92,8 @@ impl Limits {
             let Some(wait) = check() else { return Ok(()) };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if wait > self.max_wait.min(remaining) {
+                metrics::counter!(crate::metrics::RATE_LIMIT_REJECTIONS, "limit" => what.to_string())
+                    .increment(1);
                 return Err(refused(
                     FailureKind::RateLimited,
                     format!("the {what} rate limit is reached; retry after the given time"),
@@ -99,6 +101,7 @@ impl Limits {
                 ));
             }
             let _slot = self.queue.enter().ok_or_else(|| {
+                metrics::counter!(crate::metrics::SHED, "where" => "rate_limit_queue").increment(1);
                 refused(
                     FailureKind::Overloaded,
                     "too many requests are waiting for capacity; retry shortly".into(),

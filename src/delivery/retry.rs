@@ -108,12 +108,18 @@ impl tower::retry::Policy<Outbound, Delivered, DeliveryFailure> for RetryPolicy 
             return None;
         }
         if !self.budget.withdraw() {
+            metrics::counter!(crate::metrics::RETRY_BUDGET_EXHAUSTED).increment(1);
             tracing::warn!("retry budget exhausted: not retrying");
             failure
                 .detail
                 .push_str(" (the relay's retry budget is exhausted)");
             return None;
         }
+        let kind = match failure.kind {
+            FailureKind::RateLimited => "rate_limited",
+            _ => "unavailable",
+        };
+        metrics::counter!(crate::metrics::RETRIES, "kind" => kind).increment(1);
         tracing::info!(
             attempt = attempts,
             wait_ms = wait.as_millis() as u64,

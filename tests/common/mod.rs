@@ -49,6 +49,8 @@ pub fn settings_for(upstream: &str) -> Settings {
         Settings::load(Path::new("config"), Environment::Local).expect("config/ loads");
     settings.server.port = 0;
     settings.server.host = "127.0.0.1".into();
+    settings.admin.port = 0;
+    settings.admin.host = "127.0.0.1".into();
     settings.upstream.mode = UpstreamMode::Jelou;
     settings.upstream.base_url = upstream.to_string();
     // Short backoffs keep the suite fast; the bounds are still exercised.
@@ -72,6 +74,8 @@ pub fn settings_for(upstream: &str) -> Settings {
 
 pub struct TestApp {
     pub address: String,
+    /// `http://127.0.0.1:<admin port>`.
+    pub admin: String,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     pub finished: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -125,12 +129,14 @@ pub async fn spawn_with(settings: Settings) -> TestApp {
         .expect("test settings are valid");
     let application = Application::build(&config).await.expect("app builds");
     let address = format!("http://127.0.0.1:{}", application.port());
+    let admin = format!("http://127.0.0.1:{}", application.admin_port().unwrap_or(0));
     let (stop, stopped) = oneshot::channel::<()>();
     let finished = tokio::spawn(application.run_until_stopped(async move {
         let _ = stopped.await;
     }));
     TestApp {
         address,
+        admin,
         client: reqwest::Client::new(),
         stop: Some(stop),
         finished: Some(finished),
@@ -244,6 +250,7 @@ impl RelayProcess {
         let mut env = env.to_vec();
         env.push(("JELOU_RELAY__SERVER__PORT", "0"));
         env.push(("JELOU_RELAY__SERVER__HOST", "127.0.0.1"));
+        env.push(("JELOU_RELAY__ADMIN__PORT", "0"));
         env.push(("JELOU_RELAY__LOG__FORMAT", "json"));
         let mut child = relay_command(&["serve"], &env)
             .stdout(std::process::Stdio::piped())

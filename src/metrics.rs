@@ -1,0 +1,63 @@
+//! Prometheus metrics: every name in one place, the recorder installed once per process,
+//! served on the admin listener.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "jelou_relay_requests_total";
+pub const REQUEST_DURATION: &str = "jelou_relay_request_duration_seconds";
+pub const IN_FLIGHT: &str = "jelou_relay_in_flight_requests";
+pub const UPSTREAM_ATTEMPTS: &str = "jelou_relay_upstream_attempts_total";
+pub const UPSTREAM_DURATION: &str = "jelou_relay_upstream_duration_seconds";
+pub const RETRIES: &str = "jelou_relay_retries_total";
+pub const RETRY_BUDGET_EXHAUSTED: &str = "jelou_relay_retry_budget_exhausted_total";
+pub const RATE_LIMIT_WAITS: &str = "jelou_relay_rate_limit_waits_total";
+pub const RATE_LIMIT_REJECTIONS: &str = "jelou_relay_rate_limit_rejections_total";
+pub const IDEMPOTENCY: &str = "jelou_relay_idempotency_total";
+pub const SHED: &str = "jelou_relay_shed_total";
+pub const BUILD_INFO: &str = "jelou_relay_build_info";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder on first use and returns its handle. Later calls (several
+/// applications in one test process) share it.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program): then
+            // this handle simply renders nothing, and the relay still works.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
+            }
+            describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(REQUESTS, "Requests answered, by route, status and caller");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time to answer, by route, status and caller");
+    describe_gauge!(IN_FLIGHT, "Requests being handled");
+    describe_counter!(UPSTREAM_ATTEMPTS, "Attempts at Jelou, by outcome (sent, not_sent, unknown)");
+    describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Duration of one attempt at Jelou");
+    describe_counter!(RETRIES, "Retries of provably unsent attempts, by failure kind");
+    describe_counter!(RETRY_BUDGET_EXHAUSTED, "Retries refused by the shared retry budget");
+    describe_counter!(RATE_LIMIT_WAITS, "Requests that waited for rate-limit capacity, by limit");
+    describe_counter!(RATE_LIMIT_REJECTIONS, "Requests refused by a rate limit, by limit (bot, recipient, caller)");
+    describe_counter!(IDEMPOTENCY, "Idempotency-Key outcomes: replayed, in_flight, reused");
+    describe_counter!(SHED, "Requests shed at once because a bound was full, by where");
+    describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
+}
