@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::MatchedPath;
-use metrics_exporter_prometheus::PrometheusHandle;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,6 +15,7 @@ use http::{Request, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
@@ -217,7 +217,10 @@ fn admin_router(handle: PrometheusHandle) -> Router {
             let handle = handle.clone();
             async move {
                 (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
                     handle.render(),
                 )
             }

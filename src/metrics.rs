@@ -49,15 +49,44 @@ pub fn handle() -> PrometheusHandle {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(REQUESTS, "Requests answered, by route, status and caller");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time to answer, by route, status and caller");
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time to answer, by route, status and caller"
+    );
     describe_gauge!(IN_FLIGHT, "Requests being handled");
-    describe_counter!(UPSTREAM_ATTEMPTS, "Attempts at Jelou, by outcome (sent, not_sent, unknown)");
-    describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Duration of one attempt at Jelou");
-    describe_counter!(RETRIES, "Retries of provably unsent attempts, by failure kind");
-    describe_counter!(RETRY_BUDGET_EXHAUSTED, "Retries refused by the shared retry budget");
-    describe_counter!(RATE_LIMIT_WAITS, "Requests that waited for rate-limit capacity, by limit");
-    describe_counter!(RATE_LIMIT_REJECTIONS, "Requests refused by a rate limit, by limit (bot, recipient, caller)");
-    describe_counter!(IDEMPOTENCY, "Idempotency-Key outcomes: replayed, in_flight, reused");
-    describe_counter!(SHED, "Requests shed at once because a bound was full, by where");
+    describe_counter!(
+        UPSTREAM_ATTEMPTS,
+        "Attempts at Jelou, by outcome (sent, not_sent, unknown)"
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Duration of one attempt at Jelou"
+    );
+    describe_counter!(
+        RETRIES,
+        "Retries of provably unsent attempts, by failure kind"
+    );
+    describe_counter!(
+        RETRY_BUDGET_EXHAUSTED,
+        "Retries refused by the shared retry budget"
+    );
+    describe_counter!(
+        RATE_LIMIT_WAITS,
+        "Requests that waited for rate-limit capacity, by limit"
+    );
+    describe_counter!(
+        RATE_LIMIT_REJECTIONS,
+        "Requests refused by a rate limit, by limit (bot, recipient, caller)"
+    );
+    describe_counter!(
+        IDEMPOTENCY,
+        "Idempotency-Key outcomes: replayed, in_flight, reused"
+    );
+    describe_counter!(
+        SHED,
+        "Requests shed at once because a bound was full, by where"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
 }

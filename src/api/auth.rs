@@ -149,7 +149,8 @@ pub async fn authenticate(
                 Some(rate_headers(&limited.rate, remaining, reset.ceil() as u64))
             }
             Err(not_until) => {
-                metrics::counter!(crate::metrics::RATE_LIMIT_REJECTIONS, "limit" => "caller").increment(1);
+                metrics::counter!(crate::metrics::RATE_LIMIT_REJECTIONS, "limit" => "caller")
+                    .increment(1);
                 let wait = not_until.wait_time_from(gate.clock.now());
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 let mut response = ApiError::CallerRateLimited {
@@ -160,6 +161,7 @@ pub async fn authenticate(
                 for (name, value) in rate_headers(&limited.rate, 0, seconds.max(1)) {
                     response.headers_mut().insert(name, value);
                 }
+                response.extensions_mut().insert(caller);
                 return response;
             }
         },

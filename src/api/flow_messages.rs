@@ -305,17 +305,20 @@ async fn handle(
             match begin {
                 Begin::Proceed => Some(scoped),
                 Begin::Replay(answer) => {
-                    metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "replayed").increment(1);
+                    metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "replayed")
+                        .increment(1);
                     span.record("outcome", "replayed");
                     tracing::info!("idempotent replay: Jelou not called");
                     return Ok(answer_response(answer, true));
                 }
                 Begin::InFlight => {
-                    metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "in_flight").increment(1);
+                    metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "in_flight")
+                        .increment(1);
                     return Err(ApiError::IdempotencyKeyInFlight);
                 }
                 Begin::Mismatch => {
-                    metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "reused").increment(1);
+                    metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "reused")
+                        .increment(1);
                     return Err(ApiError::IdempotencyKeyReused);
                 }
             }

@@ -96,7 +96,8 @@ where
                     Ok(_) => "sent",
                     Err(failure) => failure.delivery.as_str(),
                 };
-                metrics::counter!(crate::metrics::UPSTREAM_ATTEMPTS, "outcome" => outcome).increment(1);
+                metrics::counter!(crate::metrics::UPSTREAM_ATTEMPTS, "outcome" => outcome)
+                    .increment(1);
                 metrics::histogram!(crate::metrics::UPSTREAM_DURATION)
                     .record(started.elapsed().as_secs_f64());
                 tracing::debug!("attempt finished");
