@@ -34,6 +34,7 @@ use crate::api::health::{Readiness, healthz, readyz};
 use crate::api::limits::{header_size, shed_overload};
 use crate::api::openapi::ApiDoc;
 use crate::api::request_id::{X_REQUEST_ID, drop_unacceptable};
+use crate::api::trace_context::continue_trace;
 use crate::api::{ApiError, RequestId};
 use crate::config::{BotRegistry, RelayConfig, UpstreamMode};
 use crate::delivery::idempotency::{IdempotencyStore, MemoryStore};
@@ -141,6 +142,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::Internal.into_problem("unknown").into_response()
         }));
     routes
+        .layer(middleware::from_fn(continue_trace))
         .layer(middleware::from_fn(record_request))
         .layer(middleware::from_fn_with_state(header_limit, header_size))
         .layer(inbound)
@@ -160,6 +162,7 @@ fn request_span(request: &Request<Body>) -> Span {
         request_id,
         method = %request.method(),
         path = request.uri().path(),
+        trace_id = tracing::field::Empty,
         caller = tracing::field::Empty,
         bot = tracing::field::Empty,
         to = tracing::field::Empty,

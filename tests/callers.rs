@@ -244,5 +244,10 @@ fn the_caller_is_logged_by_name_and_its_key_never() {
         .find(|event| event["fields"]["message"] == "request finished")
         .expect("a request finished line");
     assert_eq!(finished["span"]["caller"], "orders", "{finished}");
+    assert_eq!(
+        finished["span"]["trace_id"].as_str().map(str::len),
+        Some(32),
+        "{finished}"
+    );
     assert!(!logs.contains(CALLER_KEY));
 }

@@ -359,3 +359,33 @@ async fn openapi_document_and_docs_page_are_served() {
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("swagger"));
 }
+
+#[tokio::test]
+async fn a_callers_trace_is_continued_to_jelou() {
+    let (app, jelou) = spawn_app().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
+        .mount(&jelou)
+        .await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = app
+        .send_with(&seed_message(), &[("traceparent", parent)])
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.send(&seed_message()).await.status(), 200);
+    let received = jelou.received_requests().await.unwrap();
+    let continued = received[0].headers["traceparent"].to_str().unwrap();
+    let parts: Vec<&str> = continued.split('-').collect();
+    assert_eq!(parts[0], "00");
+    assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "the relay's own span");
+    assert_eq!(parts[2].len(), 16);
+    assert_eq!(parts[3], "01", "flags kept");
+    let started = received[1].headers["traceparent"].to_str().unwrap();
+    assert_eq!(
+        started.len(),
+        55,
+        "a trace is started when the caller sends none: {started}"
+    );
+    assert_ne!(&started[3..35], "4bf92f3577b34da6a3ce929d0e0e4736");
+}

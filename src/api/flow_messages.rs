@@ -20,6 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Authenticated;
 use super::problem::{ApiError, PROBLEM_CONTENT_TYPE, Problem};
 use super::request_id::RequestId;
+use super::trace_context::TraceContext;
 use crate::app::AppState;
 use crate::delivery::idempotency::{Begin, StoredAnswer, fingerprint, is_valid_key, scoped_key};
 use crate::delivery::{DeliveryFailure, DeliveryState, FailureKind, Outbound};
@@ -200,20 +201,19 @@ pub async fn send_flow_message(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
     Extension(caller): Extension<Authenticated>,
+    trace: Option<Extension<TraceContext>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match handle(
-        state,
-        &caller,
-        &request_id,
-        query.as_deref(),
-        &headers,
-        body,
-    )
-    .await
-    {
+    let request = Inbound {
+        caller: &caller,
+        trace: trace.as_ref().map(|Extension(t)| t),
+        request_id: &request_id,
+        query: query.as_deref(),
+        headers: &headers,
+    };
+    match handle(state, request, body).await {
         Ok(response) => response,
         Err(error) => {
             log_failure(&error);
@@ -225,14 +225,23 @@ pub async fn send_flow_message(
 /// The header a caller uses to ask for a shorter deadline than the relay's.
 pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 
-async fn handle(
-    state: AppState,
-    caller: &Authenticated,
-    request_id: &str,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+/// What the handler knows of the request besides its body.
+struct Inbound<'a> {
+    caller: &'a Authenticated,
+    trace: Option<&'a TraceContext>,
+    request_id: &'a str,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+}
+
+async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Response, ApiError> {
+    let Inbound {
+        caller,
+        trace,
+        request_id,
+        query,
+        headers,
+    } = inbound;
     let dry_run = parse_query(query)?;
     check_content_type(headers)?;
     let idempotency_key = idempotency_key(headers, state.idempotency_required)?;
@@ -273,13 +282,14 @@ async fn handle(
         return Err(ApiError::ForbiddenBot);
     }
 
-    let outbound = build_outbound(
+    let mut outbound = build_outbound(
         &state.base_url,
         bot,
         &message,
         request_id.to_string(),
         deadline,
     );
+    outbound.traceparent = trace.map(TraceContext::child_traceparent);
     if dry_run {
         span.record("outcome", "validated");
         return Ok(Json(SendOutcome::Validated(ValidatedResponse {

@@ -7,6 +7,7 @@ pub mod limits;
 pub mod openapi;
 pub mod problem;
 pub mod request_id;
+pub mod trace_context;
 
 pub use problem::{ApiError, Problem};
 pub use request_id::RequestId;

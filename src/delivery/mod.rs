@@ -35,6 +35,8 @@ pub struct Outbound {
     pub url: Url,
     pub body: Bytes,
     pub request_id: String,
+    /// W3C `traceparent` for the call to Jelou: the caller's trace, the relay's span.
+    pub traceparent: Option<String>,
     /// When the whole delivery must be over, every attempt and wait included.
     pub deadline: Instant,
     /// Shared by the attempts of this one message.

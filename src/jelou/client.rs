@@ -51,8 +51,11 @@ impl JelouClient {
                 retry_after: None,
             });
         };
-        let response = http
-            .post(outbound.url.clone())
+        let mut request = http.post(outbound.url.clone());
+        if let Some(traceparent) = &outbound.traceparent {
+            request = request.header("traceparent", traceparent.as_str());
+        }
+        let response = request
             .header(header::AUTHORIZATION, basic_authorization(credentials))
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")

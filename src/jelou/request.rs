@@ -99,6 +99,7 @@ pub fn build_outbound(
         recipient: message.to.clone(),
         body: Bytes::from(body),
         request_id,
+        traceparent: None,
         deadline,
         journal: Default::default(),
     }
