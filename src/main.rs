@@ -34,6 +34,12 @@ enum Command {
     CheckConfig,
     /// Print the OpenAPI document.
     Openapi,
+    /// Probe /readyz on this machine; exit 0 when ready (the container's HEALTHCHECK).
+    Healthcheck {
+        /// Port to probe [default: server.port from the configuration]
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Read a caller key from stdin and print its SHA-256 for callers.<name>.key_sha256.
     HashKey,
     /// Serve a Jelou stand-in (flow_message API) with injected latency and faults.
@@ -82,6 +88,7 @@ fn main() -> ExitCode {
         }
         Command::Simulate(args) => simulate(args),
         Command::HashKey => hash_key(),
+        Command::Healthcheck { port } => healthcheck(&dir, port),
         Command::CheckConfig => match load(&dir) {
             Ok((config, _)) => {
                 println!("{}", summary(&config));
@@ -248,4 +255,33 @@ fn hash_key() -> ExitCode {
     }
     println!("{}", api::auth::hash_key(&key));
     ExitCode::SUCCESS
+}
+
+/// A plain HTTP/1.1 GET of /readyz over loopback: no shell or curl needed in the image.
+fn healthcheck(dir: &std::path::Path, port: Option<u16>) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let port = port.unwrap_or_else(|| {
+        Environment::from_env()
+            .ok()
+            .and_then(|environment| Settings::load(dir, environment).ok())
+            .map_or(8080, |settings| settings.server.port)
+    });
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let probe = || -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    };
+    match probe() {
+        Ok(answer) if answer.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(answer) => fail(&format!(
+            "not ready: {}",
+            answer.lines().next().unwrap_or("no answer")
+        )),
+        Err(e) => fail(&format!("cannot reach 127.0.0.1:{port}: {e}")),
+    }
 }
