@@ -130,10 +130,18 @@ fn sigterm_drains_and_exits_zero() {
 fn healthcheck_follows_readiness() {
     let relay = RelayProcess::start(&[]);
     let port = relay.port.to_string();
-    let ok = relay_command(&["healthcheck", "--port", &port], &[]).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = relay_command(&["healthcheck", "--port", &port], &[])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     drop(relay);
-    let down = relay_command(&["healthcheck", "--port", &port], &[]).output().unwrap();
+    let down = relay_command(&["healthcheck", "--port", &port], &[])
+        .output()
+        .unwrap();
     assert!(!down.status.success());
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach"));
 }
