@@ -1,15 +1,15 @@
 //! The innermost layer: one upstream attempt, recorded in the journal, bounded by the
 //! per-attempt timeout and by what is left of the deadline.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
-use super::{Delivered, DeliveryFailure, DeliveryState, FailureKind, Outbound};
+use super::{
+    Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, DeliveryState, FailureKind, Outbound,
+};
 
 #[derive(Clone, Debug)]
 pub struct AttemptLayer {
@@ -38,14 +38,10 @@ pub struct Attempt<S> {
     timeout: Duration,
 }
 
-impl<S> Service<Outbound> for Attempt<S>
-where
-    S: Service<Outbound, Response = Delivered, Error = DeliveryFailure> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: DeliveryInner> Service<Outbound> for Attempt<S> {
     type Response = Delivered;
     type Error = DeliveryFailure;
-    type Future = Pin<Box<dyn Future<Output = Result<Delivered, DeliveryFailure>> + Send>>;
+    type Future = DeliveryFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))

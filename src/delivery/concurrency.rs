@@ -2,8 +2,6 @@
 //! requests are shed at once instead of growing memory. Sits outside the retry layer,
 //! so a request keeps its permit for its whole retry sequence.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -12,7 +10,9 @@ use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
 
 use super::rate_limit::refused;
-use super::{Delivered, DeliveryFailure, FailureKind, Outbound, WaitQueue};
+use super::{
+    Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, FailureKind, Outbound, WaitQueue,
+};
 
 #[derive(Clone, Debug)]
 pub struct ConcurrencyLayer {
@@ -45,14 +45,10 @@ pub struct Concurrency<S> {
     limit: ConcurrencyLayer,
 }
 
-impl<S> Service<Outbound> for Concurrency<S>
-where
-    S: Service<Outbound, Response = Delivered, Error = DeliveryFailure> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: DeliveryInner> Service<Outbound> for Concurrency<S> {
     type Response = Delivered;
     type Error = DeliveryFailure;
-    type Future = Pin<Box<dyn Future<Output = Result<Delivered, DeliveryFailure>> + Send>>;
+    type Future = DeliveryFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))

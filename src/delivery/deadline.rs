@@ -1,13 +1,11 @@
 //! The outermost delivery layer: one deadline for the whole request, and the final
 //! attempt count and delivery state taken from the journal.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tower::{Layer, Service, ServiceExt};
 
-use super::{Delivered, DeliveryFailure, FailureKind, Outbound};
+use super::{Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, FailureKind, Outbound};
 
 #[derive(Clone, Debug, Default)]
 pub struct DeadlineLayer;
@@ -24,14 +22,10 @@ pub struct Deadline<S> {
     inner: S,
 }
 
-impl<S> Service<Outbound> for Deadline<S>
-where
-    S: Service<Outbound, Response = Delivered, Error = DeliveryFailure> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: DeliveryInner> Service<Outbound> for Deadline<S> {
     type Response = Delivered;
     type Error = DeliveryFailure;
-    type Future = Pin<Box<dyn Future<Output = Result<Delivered, DeliveryFailure>> + Send>>;
+    type Future = DeliveryFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))

@@ -10,6 +10,8 @@ pub mod outcome;
 pub mod rate_limit;
 pub mod retry;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -116,6 +118,30 @@ pub struct DeliveryFailure {
 /// The whole outbound path as one cloneable service.
 pub type DeliveryService = BoxCloneSyncService<Outbound, Delivered, DeliveryFailure>;
 
+/// What every delivery layer's (and the upstream's) `call` returns.
+pub type DeliveryFuture = Pin<Box<dyn Future<Output = Result<Delivered, DeliveryFailure>> + Send>>;
+
+/// The bound every delivery layer puts on the service it wraps.
+pub trait DeliveryInner:
+    tower::Service<Outbound, Response = Delivered, Error = DeliveryFailure, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> DeliveryInner for S where
+    S: tower::Service<
+            Outbound,
+            Response = Delivered,
+            Error = DeliveryFailure,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// A bounded count of waiting requests, shared by the layers that make requests wait.
 #[derive(Debug, Clone)]
 pub struct WaitQueue {
@@ -151,15 +177,7 @@ impl Drop for WaitSlot {
 }
 
 /// Assembles the delivery stack over the upstream (Jelou client or sandbox), outer to inner.
-pub fn stack<S>(config: &RelayConfig, upstream: S) -> DeliveryService
-where
-    S: tower::Service<Outbound, Response = Delivered, Error = DeliveryFailure>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+pub fn stack<S: DeliveryInner + Sync>(config: &RelayConfig, upstream: S) -> DeliveryService {
     let delivery = &config.delivery;
     let queue = WaitQueue::new(delivery.max_waiting);
     let limits = Arc::new(rate_limit::Limits::new(

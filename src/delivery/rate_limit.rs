@@ -3,9 +3,7 @@
 //! bound within its deadline; past that it is refused with a time to come back.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::num::NonZeroU32;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -16,7 +14,10 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use super::{Delivered, DeliveryFailure, DeliveryState, FailureKind, Outbound, WaitQueue};
+use super::{
+    Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, DeliveryState, FailureKind,
+    Outbound, WaitQueue,
+};
 use crate::config::{BotRegistry, RateSettings};
 
 /// A GCRA quota for `rate`; settings are validated positive at start-up.
@@ -161,14 +162,10 @@ pub struct RateLimit<S> {
     limits: Arc<Limits>,
 }
 
-impl<S> Service<Outbound> for RateLimit<S>
-where
-    S: Service<Outbound, Response = Delivered, Error = DeliveryFailure> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: DeliveryInner> Service<Outbound> for RateLimit<S> {
     type Response = Delivered;
     type Error = DeliveryFailure;
-    type Future = Pin<Box<dyn Future<Output = Result<Delivered, DeliveryFailure>> + Send>>;
+    type Future = DeliveryFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))

@@ -1,7 +1,5 @@
 //! The HTTP client for Jelou: the only place the credentials are exposed, at send time.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,7 +12,9 @@ use tracing::Instrument;
 
 use crate::config::Credentials;
 use crate::delivery::outcome::{classify_response, classify_transport};
-use crate::delivery::{Delivered, DeliveryFailure, DeliveryState, FailureKind, Outbound};
+use crate::delivery::{
+    Delivered, DeliveryFailure, DeliveryFuture, DeliveryState, FailureKind, Outbound,
+};
 
 /// Jelou's answers are tiny (`{}`); anything larger than this is not read in full.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
@@ -119,7 +119,7 @@ async fn read_capped(mut response: reqwest::Response) -> Option<Vec<u8>> {
 impl tower::Service<Outbound> for JelouClient {
     type Response = Delivered;
     type Error = DeliveryFailure;
-    type Future = Pin<Box<dyn Future<Output = Result<Delivered, DeliveryFailure>> + Send>>;
+    type Future = DeliveryFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
