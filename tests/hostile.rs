@@ -12,21 +12,7 @@ use jelou_relay::config::Settings;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wiremock::matchers::any;
-use wiremock::{Mock, MockServer, ResponseTemplate};
-
-async fn jelou(delay: Duration) -> MockServer {
-    let jelou = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({}))
-                .set_delay(delay),
-        )
-        .mount(&jelou)
-        .await;
-    jelou
-}
+use wiremock::MockServer;
 
 async fn app_with(jelou: &MockServer, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = settings_for(&jelou.uri());
@@ -54,7 +40,7 @@ fn raw_post(extra_headers: &str, body: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn header_injection_in_request_ids_never_reaches_an_answer_or_jelou() {
-    let jelou = jelou(Duration::ZERO).await;
+    let jelou = accepting_jelou(Duration::ZERO).await;
     let app = app_with(&jelou, |_| {}).await;
     let body = seed_message().to_string();
     for hostile in [
@@ -85,7 +71,7 @@ async fn header_injection_in_request_ids_never_reaches_an_answer_or_jelou() {
 
 #[tokio::test]
 async fn idempotency_keys_with_control_characters_are_refused() {
-    let jelou = jelou(Duration::ZERO).await;
+    let jelou = accepting_jelou(Duration::ZERO).await;
     let app = app_with(&jelou, |_| {}).await;
     let body = seed_message().to_string();
     let answer = raw_exchange(&app, &raw_post("idempotency-key: a\u{7}b\r\n", &body)).await;
@@ -95,7 +81,7 @@ async fn idempotency_keys_with_control_characters_are_refused() {
 
 #[tokio::test]
 async fn oversize_headers_are_431() {
-    let jelou = jelou(Duration::ZERO).await;
+    let jelou = accepting_jelou(Duration::ZERO).await;
     let app = app_with(&jelou, |_| {}).await;
     let big = "x".repeat(20 * 1024);
     let response = app.send_with(&seed_message(), &[("x-padding", &big)]).await;
@@ -105,7 +91,7 @@ async fn oversize_headers_are_431() {
 
 #[tokio::test]
 async fn json_deeper_than_the_limit_is_400() {
-    let jelou = jelou(Duration::ZERO).await;
+    let jelou = accepting_jelou(Duration::ZERO).await;
     let app = app_with(&jelou, |s| s.server.max_json_depth = 8).await;
     let mut message = seed_message();
     let mut deep = json!(1);
@@ -126,7 +112,7 @@ async fn json_deeper_than_the_limit_is_400() {
 
 #[tokio::test]
 async fn a_slow_loris_is_cut_off() {
-    let jelou = jelou(Duration::ZERO).await;
+    let jelou = accepting_jelou(Duration::ZERO).await;
     let app = app_with(&jelou, |s| s.server.header_read_timeout_ms = 300).await;
     let address = app.address.trim_start_matches("http://").to_string();
     let mut stream = TcpStream::connect(&address).await.unwrap();
@@ -148,7 +134,7 @@ async fn a_slow_loris_is_cut_off() {
 
 #[tokio::test]
 async fn a_body_that_never_arrives_is_408() {
-    let jelou = jelou(Duration::ZERO).await;
+    let jelou = accepting_jelou(Duration::ZERO).await;
     let app = app_with(&jelou, |s| s.server.body_read_timeout_ms = 300).await;
     let request = "POST /v1/flow-messages HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"to\":";
     let answer = raw_exchange(&app, request.as_bytes()).await;
@@ -159,7 +145,7 @@ async fn a_body_that_never_arrives_is_408() {
 
 #[tokio::test]
 async fn past_the_in_flight_limit_requests_are_shed_and_probes_still_answer() {
-    let jelou = jelou(Duration::from_millis(800)).await;
+    let jelou = accepting_jelou(Duration::from_millis(800)).await;
     let app = app_with(&jelou, |s| s.server.max_in_flight = 1).await;
     let first = {
         let request = app
@@ -192,7 +178,7 @@ async fn past_the_in_flight_limit_requests_are_shed_and_probes_still_answer() {
 
 #[tokio::test]
 async fn hostile_paths_are_404_problems() {
-    let jelou = jelou(Duration::ZERO).await;
+    let jelou = accepting_jelou(Duration::ZERO).await;
     let app = app_with(&jelou, |_| {}).await;
     for path in [
         "/v1/flow-messages/../admin",

@@ -11,19 +11,6 @@ use serde_json::{Value, json};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-async fn jelou(delay: Duration) -> MockServer {
-    let jelou = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({}))
-                .set_delay(delay),
-        )
-        .mount(&jelou)
-        .await;
-    jelou
-}
-
 fn message_to(i: usize) -> Value {
     let mut message = seed_message();
     message["to"] = json!(format!("+5939876{i:05}"));
@@ -62,7 +49,7 @@ fn with_bot_rate(settings: &mut Settings, rate: f64, burst: u32) {
 
 #[tokio::test]
 async fn a_burst_over_the_bot_limit_gets_429_with_retry_after() {
-    let jelou = jelou(Duration::ZERO).await;
+    let jelou = accepting_jelou(Duration::ZERO).await;
     let mut settings = settings_for(&jelou.uri());
     with_bot_rate(&mut settings, 1.0, 3);
     settings.delivery.rate_limit_max_wait_ms = 0;
@@ -99,7 +86,7 @@ async fn a_burst_over_the_bot_limit_gets_429_with_retry_after() {
 
 #[tokio::test]
 async fn requests_wait_for_capacity_within_the_bound() {
-    let jelou = jelou(Duration::ZERO).await;
+    let jelou = accepting_jelou(Duration::ZERO).await;
     let mut settings = settings_for(&jelou.uri());
     with_bot_rate(&mut settings, 10.0, 1);
     settings.delivery.rate_limit_max_wait_ms = 2000;
@@ -118,7 +105,7 @@ async fn requests_wait_for_capacity_within_the_bound() {
 
 #[tokio::test]
 async fn the_pair_limit_applies_per_recipient() {
-    let jelou = jelou(Duration::ZERO).await;
+    let jelou = accepting_jelou(Duration::ZERO).await;
     let mut settings = settings_for(&jelou.uri());
     settings.recipients.rate_per_second = 0.1667;
     settings.recipients.burst = 2;
@@ -144,7 +131,7 @@ async fn the_pair_limit_applies_per_recipient() {
 
 #[tokio::test]
 async fn a_full_queue_sheds_at_once_with_503_overloaded() {
-    let jelou = jelou(Duration::from_millis(800)).await;
+    let jelou = accepting_jelou(Duration::from_millis(800)).await;
     let mut settings = settings_for(&jelou.uri());
     settings.delivery.max_in_flight = 2;
     settings.delivery.max_waiting = 1;

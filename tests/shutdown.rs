@@ -6,21 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use wiremock::matchers::any;
-use wiremock::{Mock, MockServer, ResponseTemplate};
-
-async fn slow_jelou(delay: Duration) -> MockServer {
-    let jelou = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({}))
-                .set_delay(delay),
-        )
-        .mount(&jelou)
-        .await;
-    jelou
-}
+use wiremock::MockServer;
 
 async fn wait_for_upstream_call(jelou: &MockServer) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -32,7 +18,7 @@ async fn wait_for_upstream_call(jelou: &MockServer) {
 
 #[tokio::test]
 async fn readiness_flips_and_an_in_flight_request_finishes() {
-    let jelou = slow_jelou(Duration::from_millis(800)).await;
+    let jelou = accepting_jelou(Duration::from_millis(800)).await;
     let mut settings = settings_for(&jelou.uri());
     settings.server.shutdown_delay_ms = 400;
     let mut app = spawn_with(settings).await;
@@ -72,7 +58,7 @@ async fn readiness_flips_and_an_in_flight_request_finishes() {
 
 #[tokio::test]
 async fn the_drain_period_bounds_how_long_shutdown_waits() {
-    let jelou = slow_jelou(Duration::from_secs(30)).await;
+    let jelou = accepting_jelou(Duration::from_secs(30)).await;
     let mut settings = settings_for(&jelou.uri());
     settings.server.drain_timeout_ms = 300;
     settings.upstream.request_timeout_ms = 60_000;
@@ -96,7 +82,7 @@ async fn the_drain_period_bounds_how_long_shutdown_waits() {
 #[test]
 fn sigterm_drains_and_exits_zero() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let jelou = runtime.block_on(slow_jelou(Duration::from_millis(700)));
+    let jelou = runtime.block_on(accepting_jelou(Duration::from_millis(700)));
     let uri = jelou.uri();
     let mut relay = RelayProcess::start(&[
         ("JELOU_RELAY__UPSTREAM__MODE", "jelou"),

@@ -150,6 +150,20 @@ pub async fn spawn_app() -> (TestApp, MockServer) {
     (app, jelou)
 }
 
+/// A Jelou stand-in that accepts every message with `{}` after `delay`.
+pub async fn accepting_jelou(delay: std::time::Duration) -> MockServer {
+    let jelou = MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(json!({}))
+                .set_delay(delay),
+        )
+        .mount(&jelou)
+        .await;
+    jelou
+}
+
 /// The seed example of Jelou's reference page, in the relay's words.
 pub fn seed_message() -> Value {
     json!({
