@@ -31,7 +31,7 @@ hadolint Dockerfile
 echo "-- compose file (no engine here: structure and references)"
 python3 - <<'PY'
 import re, sys, yaml
-compose = yaml.safe_load(open("deploy/compose/compose.yaml"))
+compose = yaml.safe_load(open("deploy/compose.yaml"))
 services = compose["services"]
 problems = []
 for name, service in services.items():
@@ -40,7 +40,7 @@ for name, service in services.items():
     for dependency in service.get("depends_on", []):
         if dependency not in services:
             problems.append(f"{name}: depends on unknown service {dependency}")
-nginx = open("deploy/compose/nginx.conf").read()
+nginx = open("deploy/nginx.conf").read()
 for host in re.findall(r"server\s+([\w-]+):\d+", nginx):
     if host not in services:
         problems.append(f"nginx.conf: upstream {host} is not a compose service")
