@@ -34,7 +34,7 @@ use crate::api::health::{Readiness, healthz, readyz};
 use crate::api::limits::{header_size, shed_overload};
 use crate::api::openapi::ApiDoc;
 use crate::api::request_id::{X_REQUEST_ID, drop_unacceptable};
-use crate::api::trace_context::continue_trace;
+use crate::api::trace_context::{TraceContext, continue_trace};
 use crate::api::{ApiError, RequestId};
 use crate::config::{BotRegistry, RelayConfig, UpstreamMode};
 use crate::delivery::idempotency::{IdempotencyStore, MemoryStore};
@@ -157,7 +157,7 @@ fn request_span(request: &Request<Body>) -> Span {
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         request_id,
         method = %request.method(),
@@ -171,7 +171,10 @@ fn request_span(request: &Request<Body>) -> Span {
         attempts = tracing::field::Empty,
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
-    )
+    );
+    // The parent must be set before the span starts, so here rather than in a middleware.
+    TraceContext::adopt(request.headers(), &span);
+    span
 }
 
 fn request_finished<B>(response: &http::Response<B>, latency: Duration, span: &Span) {

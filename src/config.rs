@@ -64,6 +64,16 @@ pub struct Settings {
     #[serde(default)]
     pub callers: BTreeMap<String, CallerSettings>,
     pub log: LogSettings,
+    pub otlp: OtlpSettings,
+}
+
+/// Optional trace export over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpSettings {
+    /// e.g. `http://otel-collector:4318/v1/traces`; empty turns export off.
+    pub endpoint: String,
+    pub service_name: String,
 }
 
 /// Retries, deadline and load bounds of the outbound path.

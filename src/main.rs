@@ -146,9 +146,11 @@ fn summary(config: &RelayConfig) -> String {
 }
 
 fn serve(config: RelayConfig, settings: Settings) -> ExitCode {
-    if let Err(message) = telemetry::init(&settings.log) {
-        return fail(&message);
-    }
+    // Kept until the end of `serve`, so spans still buffered are exported on exit.
+    let _telemetry = match telemetry::init(&settings.log, &settings.otlp) {
+        Ok(guard) => guard,
+        Err(message) => return fail(&message),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -201,9 +203,14 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         level: "info".into(),
         format: LogFormat::Text,
     };
-    if let Err(message) = telemetry::init(&log) {
-        return fail(&message);
-    }
+    let off = config::OtlpSettings {
+        endpoint: String::new(),
+        service_name: String::new(),
+    };
+    let _telemetry = match telemetry::init(&log, &off) {
+        Ok(guard) => guard,
+        Err(message) => return fail(&message),
+    };
     let options = SimulatorOptions {
         credentials: args.client_id.zip(args.client_secret),
         delay: std::time::Duration::from_millis(args.delay_ms),

@@ -289,7 +289,7 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
         request_id.to_string(),
         deadline,
     );
-    outbound.traceparent = trace.map(TraceContext::child_traceparent);
+    outbound.traceparent = trace.map(TraceContext::traceparent);
     if dry_run {
         span.record("outcome", "validated");
         return Ok(Json(SendOutcome::Validated(ValidatedResponse {

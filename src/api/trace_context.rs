@@ -1,17 +1,21 @@
-//! W3C Trace Context: a caller's `traceparent` is continued (its trace id goes into the
-//! request span and on to Jelou, under the relay's own span id); without one, a trace
-//! starts here.
+//! W3C Trace Context: a caller's `traceparent` is continued (it becomes the parent of the
+//! request span, exported over OTLP when configured, and Jelou receives the same trace
+//! under the relay's span id); without one, a trace starts here.
 
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The trace this request belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
     /// 32 lower-case hex digits, never all zero.
     pub trace_id: String,
+    /// The span id to send as parent: the caller's when parsed, the relay's once continued.
+    pub span_id: String,
     /// Trace flags, 2 hex digits (`01` = sampled).
     pub flags: String,
 }
@@ -36,39 +40,83 @@ impl TraceContext {
             && parent_id.bytes().any(|b| b != b'0');
         valid.then(|| TraceContext {
             trace_id: trace_id.to_string(),
+            span_id: parent_id.to_string(),
             flags: flags.to_string(),
         })
     }
 
-    /// A new trace, not sampled.
+    /// A new trace, not sampled, with a fresh span id for the relay.
     pub fn start() -> TraceContext {
         TraceContext {
             trace_id: format!("{:032x}", fastrand::u128(1..)),
+            span_id: format!("{:016x}", fastrand::u64(1..)),
             flags: "00".into(),
         }
     }
 
-    /// The `traceparent` for the relay's own call to Jelou: same trace, a new span id.
-    pub fn child_traceparent(&self) -> String {
-        format!(
-            "00-{}-{:016x}-{}",
-            self.trace_id,
-            fastrand::u64(1..),
-            self.flags
-        )
+    /// The same trace, under a new span id of the relay's own.
+    fn child(&self) -> TraceContext {
+        TraceContext {
+            span_id: format!("{:016x}", fastrand::u64(1..)),
+            ..self.clone()
+        }
+    }
+
+    /// The `traceparent` to send on: this trace, this span id.
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+    }
+
+    /// Makes the caller's span the parent of `span`, which must not have started yet.
+    /// Without the OpenTelemetry layer (no OTLP endpoint) this does nothing.
+    pub fn adopt(headers: &http::HeaderMap, span: &Span) {
+        let parent = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse)
+            .and_then(|incoming| incoming.otel_parent());
+        if let Some(parent) = parent {
+            let _ = span.set_parent(parent);
+        }
+    }
+
+    /// As a remote OpenTelemetry parent.
+    fn otel_parent(&self) -> Option<opentelemetry::Context> {
+        let span_context = SpanContext::new(
+            TraceId::from_hex(&self.trace_id).ok()?,
+            SpanId::from_hex(&self.span_id).ok()?,
+            TraceFlags::new(u8::from_str_radix(&self.flags, 16).ok()?),
+            true,
+            TraceState::default(),
+        );
+        Some(opentelemetry::Context::new().with_remote_span_context(span_context))
+    }
+
+    /// The request span's own context, when OpenTelemetry records it.
+    fn of_span(span: &Span) -> Option<TraceContext> {
+        let context = span.context();
+        let span_context = context.span().span_context().clone();
+        span_context.is_valid().then(|| TraceContext {
+            trace_id: format!("{:032x}", span_context.trace_id()),
+            span_id: format!("{:016x}", span_context.span_id()),
+            flags: format!("{:02x}", span_context.trace_flags().to_u8()),
+        })
     }
 }
 
 /// Reads `traceparent`, records the trace id on the request span, and hands the
 /// context to the handler.
 pub async fn continue_trace(mut request: Request, next: Next) -> Response {
-    let context = request
+    let incoming = request
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
+        .and_then(TraceContext::parse);
+    let span = Span::current();
+    let context = TraceContext::of_span(&span)
+        .or_else(|| incoming.map(|parent| parent.child()))
         .unwrap_or_else(TraceContext::start);
-    Span::current().record("trace_id", context.trace_id.as_str());
+    span.record("trace_id", context.trace_id.as_str());
     request.extensions_mut().insert(context);
     next.run(request).await
 }
@@ -100,11 +148,11 @@ mod tests {
     fn children_keep_the_trace_and_make_a_new_span() {
         let parent =
             TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        let child = parent.child_traceparent();
+        let child = parent.child().traceparent();
         assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(child.ends_with("-01"));
         assert!(TraceContext::parse(&child).is_some());
         assert!(!child.contains("00f067aa0ba902b7"));
-        assert!(TraceContext::parse(&TraceContext::start().child_traceparent()).is_some());
+        assert!(TraceContext::parse(&TraceContext::start().traceparent()).is_some());
     }
 }
