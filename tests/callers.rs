@@ -7,17 +7,13 @@ use std::time::Duration;
 use common::*;
 use jelou_relay::config::{CallerSettings, Settings};
 use serde_json::{Value, json};
-use wiremock::matchers::any;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::MockServer;
 
 const MARKETING_KEY: &str = "marketing-key-fedcba9876543210";
 
 async fn jelou() -> MockServer {
     let jelou = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&jelou)
-        .await;
+    accept_all(&jelou).await;
     jelou
 }
 

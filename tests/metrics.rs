@@ -31,10 +31,7 @@ async fn metrics_count_requests_attempts_retries_limits_and_replays() {
         .with_priority(1)
         .mount(&jelou)
         .await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&jelou)
-        .await;
+    accept_all(&jelou).await;
     let mut settings = settings_for(&jelou.uri());
     settings.callers.insert(
         "orders".into(),

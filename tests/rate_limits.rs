@@ -166,10 +166,7 @@ async fn a_request_keeps_its_permit_through_its_retries() {
         .with_priority(1)
         .mount(&jelou)
         .await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&jelou)
-        .await;
+    accept_all(&jelou).await;
     let mut settings = settings_for(&jelou.uri());
     settings.delivery.max_in_flight = 1;
     settings.delivery.max_waiting = 0;

@@ -119,10 +119,7 @@ async fn every_optional_member_is_mapped_and_type_goes_to_the_query() {
 #[tokio::test]
 async fn members_not_given_are_left_out() {
     let (app, jelou) = spawn_app().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&jelou)
-        .await;
+    accept_all(&jelou).await;
     let mut message = seed_message();
     message["flow"] = json!({"name": "f", "cta": "Go", "action": "data_exchange"});
     assert_eq!(app.send(&message).await.status(), 200);
@@ -138,10 +135,7 @@ async fn members_not_given_are_left_out() {
 #[tokio::test]
 async fn bot_may_be_omitted_with_a_single_bot_and_chosen_by_default_otherwise() {
     let jelou = wiremock::MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&jelou)
-        .await;
+    accept_all(&jelou).await;
     let mut message = seed_message();
     message.as_object_mut().unwrap().remove("bot");
 
@@ -167,10 +161,7 @@ async fn bot_may_be_omitted_with_a_single_bot_and_chosen_by_default_otherwise() 
 #[tokio::test]
 async fn bot_credentials_override_shared_ones() {
     let jelou = wiremock::MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&jelou)
-        .await;
+    accept_all(&jelou).await;
     let mut settings = settings_for(&jelou.uri());
     settings.upstream.client_id = Some("shared-id".into());
     settings.upstream.client_secret = Some("shared-secret".to_string().into());
@@ -285,10 +276,7 @@ async fn sandbox_mode_answers_like_jelou_and_sends_nothing() {
 #[tokio::test]
 async fn request_ids_are_generated_or_sanitized_and_sent_upstream() {
     let (app, jelou) = spawn_app().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&jelou)
-        .await;
+    accept_all(&jelou).await;
 
     let generated = app.send(&seed_message()).await;
     let id = generated.headers()["x-request-id"]
@@ -363,10 +351,7 @@ async fn openapi_document_and_docs_page_are_served() {
 #[tokio::test]
 async fn a_callers_trace_is_continued_to_jelou() {
     let (app, jelou) = spawn_app().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&jelou)
-        .await;
+    accept_all(&jelou).await;
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let response = app
         .send_with(&seed_message(), &[("traceparent", parent)])

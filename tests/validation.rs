@@ -4,15 +4,11 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use wiremock::matchers::any;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::MockServer;
 
 async fn app_accepting_everything() -> (TestApp, MockServer) {
     let (app, jelou) = spawn_app().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&jelou)
-        .await;
+    accept_all(&jelou).await;
     (app, jelou)
 }
 

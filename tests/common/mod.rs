@@ -164,6 +164,14 @@ pub async fn accepting_jelou(delay: std::time::Duration) -> MockServer {
     jelou
 }
 
+/// Makes `jelou` accept every message with `{}`.
+pub async fn accept_all(jelou: &MockServer) {
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({})))
+        .mount(jelou)
+        .await;
+}
+
 /// The seed example of Jelou's reference page, in the relay's words.
 pub fn seed_message() -> Value {
     json!({
