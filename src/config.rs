@@ -10,6 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::domain::flow_message::is_valid_alias;
+
 /// Environment variables override files as `JELOU_RELAY__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "JELOU_RELAY";
 
@@ -810,13 +812,6 @@ fn is_loopback(url: &Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
     }
-}
-
-fn is_valid_alias(alias: &str) -> bool {
-    (1..=64).contains(&alias.len())
-        && alias
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn is_valid_bot_id(id: &str) -> bool {

@@ -48,14 +48,6 @@ pub fn classify_response(
     headers: &HeaderMap,
     body: Option<&[u8]>,
 ) -> Result<Delivered, DeliveryFailure> {
-    let failure = |kind, delivery, detail: String| DeliveryFailure {
-        kind,
-        delivery,
-        attempts: 1,
-        detail,
-        upstream: Some(upstream_error(status, body.unwrap_or_default())),
-        retry_after: retry_after(headers, SystemTime::now()),
-    };
     if status.is_success() {
         return match body.map(serde_json::from_slice::<Value>) {
             Some(Ok(value)) => Ok(Delivered {
@@ -65,20 +57,28 @@ pub fn classify_response(
             }),
             // Jelou said yes but its answer cannot be read: it may well have sent.
             _ => Err(DeliveryFailure {
+                kind: FailureKind::Unavailable,
+                delivery: DeliveryState::Unknown,
+                attempts: 1,
+                detail: format!("Jelou answered {status} with a body that is not JSON"),
                 upstream: Some(UpstreamError {
                     status: status.as_u16(),
                     code: None,
                     description: None,
                 }),
-                ..failure(
-                    FailureKind::Unavailable,
-                    DeliveryState::Unknown,
-                    format!("Jelou answered {status} with a body that is not JSON"),
-                )
+                retry_after: None,
             }),
         };
     }
     let upstream = upstream_error(status, body.unwrap_or_default());
+    let failure = |kind, delivery, detail: String| DeliveryFailure {
+        kind,
+        delivery,
+        attempts: 1,
+        detail,
+        upstream: Some(upstream.clone()),
+        retry_after: retry_after(headers, SystemTime::now()),
+    };
     let code = upstream.code.as_deref().unwrap_or_default();
     match status.as_u16() {
         401 | 403 => Err(failure(

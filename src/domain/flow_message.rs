@@ -175,13 +175,18 @@ fn parse_flow(map: Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<F
     })
 }
 
+/// The alphabet of bot aliases and caller names: 1 to 64 of a-z, 0-9, '_' and '-'
+/// (lower case, since environment variable names are read in lower case).
+pub fn is_valid_alias(alias: &str) -> bool {
+    (1..=64).contains(&alias.len())
+        && alias
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// The caller's bot alias: the same alphabet the configuration allows.
 fn alias(value: String) -> Result<String, String> {
-    let valid = (1..=64).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if valid {
+    if is_valid_alias(&value) {
         Ok(value)
     } else {
         Err("must be a configured bot alias: 1 to 64 characters of a-z, 0-9, '_' or '-'".into())
