@@ -40,6 +40,8 @@ use crate::config::{BotRegistry, RelayConfig, UpstreamMode};
 use crate::delivery::idempotency::{IdempotencyStore, MemoryStore};
 use crate::delivery::{self, DeliveryService};
 use crate::jelou::{JelouClient, Sandbox};
+use crate::store::Store;
+use crate::store::idempotency::SharedIdempotency;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -54,6 +56,8 @@ pub struct AppState {
     pub deadline: Duration,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub idempotency_required: bool,
+    /// Where rate-limit state and idempotency keys live; `/readyz` reports its state.
+    pub store: Store,
     pub gate: Arc<Gate>,
     /// One permit per request being handled.
     pub permits: Arc<Semaphore>,
@@ -67,11 +71,21 @@ impl AppState {
     pub fn from_config(config: &RelayConfig) -> Result<AppState, String> {
         // The recorder is installed before any metric is touched.
         crate::metrics::handle();
+        let store = Store::open(&config.store)?;
         let delivery = match config.mode {
-            UpstreamMode::Sandbox => delivery::stack(config, Sandbox),
+            UpstreamMode::Sandbox => delivery::stack(config, Sandbox, &store),
             UpstreamMode::Jelou => {
-                delivery::stack(config, JelouClient::new(config.connect_timeout)?)
+                delivery::stack(config, JelouClient::new(config.connect_timeout)?, &store)
             }
+        };
+        let retention = config.idempotency.retention;
+        let idempotency: Arc<dyn IdempotencyStore> = match &store {
+            Store::Memory => Arc::new(MemoryStore::new(retention, config.idempotency.max_keys)),
+            Store::Redis(redis) => Arc::new(SharedIdempotency::new(
+                redis.clone(),
+                retention,
+                config.idempotency.max_keys,
+            )),
         };
         Ok(AppState {
             bots: Arc::new(config.bots.clone()),
@@ -81,11 +95,9 @@ impl AppState {
             delivery,
             readiness: Readiness::new(),
             deadline: config.delivery.deadline,
-            idempotency: Arc::new(MemoryStore::new(
-                config.idempotency.retention,
-                config.idempotency.max_keys,
-            )),
+            idempotency,
             idempotency_required: config.idempotency.required,
+            store,
             gate: Arc::new(Gate::new(config.callers.clone())),
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
             max_header_bytes: config.max_header_bytes,

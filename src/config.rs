@@ -61,6 +61,7 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub recipients: RateSettings,
     pub idempotency: IdempotencySettings,
+    pub store: StoreSettings,
     pub auth: AuthSettings,
     pub admin: AdminSettings,
     #[serde(default)]
@@ -125,6 +126,50 @@ pub struct IdempotencySettings {
     pub required: bool,
     pub retention_seconds: u64,
     pub max_keys: usize,
+}
+
+/// Where rate-limit state and idempotency keys live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub backend: StoreBackend,
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS); a secret, since
+    /// it may carry a password.
+    pub redis_url: Option<SecretString>,
+    pub redis_url_file: Option<PathBuf>,
+    pub key_prefix: String,
+    pub timeout_ms: u64,
+    pub failure_mode: FailureMode,
+    pub expected_replicas: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// In this process: right for one replica.
+    Memory,
+    /// Shared by every replica.
+    Redis,
+}
+
+/// What the relay does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Keep sending: local limits at each limit divided by the expected replicas,
+    /// idempotency in this process only (best effort).
+    FailOpen,
+    /// Refuse sends with 503 `overloaded`, delivery `not_sent`.
+    FailClosed,
+}
+
+impl FailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::FailOpen => "fail_open",
+            FailureMode::FailClosed => "fail_closed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -426,11 +471,13 @@ impl Settings {
             );
         }
         check_rate("recipients", &self.recipients, &mut problem);
+        let store = self.store_config(&mut problem);
 
         let needs_credentials = self.upstream.mode == UpstreamMode::Jelou;
         let shared_id = self.upstream.client_id.clone().filter(|s| !s.is_empty());
         let shared_secret = resolve_secret(
             "upstream",
+            "client_secret",
             self.upstream.client_secret.as_ref(),
             self.upstream.client_secret_file.as_deref(),
             &mut problem,
@@ -485,6 +532,7 @@ impl Settings {
             }
             let own_secret = resolve_secret(
                 &key,
+                "client_secret",
                 bot.client_secret.as_ref(),
                 bot.client_secret_file.as_deref(),
                 &mut problem,
@@ -607,8 +655,79 @@ impl Settings {
                 retention: Duration::from_secs(self.idempotency.retention_seconds),
                 max_keys: self.idempotency.max_keys,
             },
+            store,
         })
     }
+
+    /// The store section, checked; a Redis URL is parsed but never echoed back.
+    fn store_config(&self, problem: &mut impl FnMut(&str, String)) -> StoreConfig {
+        let s = &self.store;
+        let url = resolve_secret(
+            "store",
+            "redis_url",
+            s.redis_url.as_ref(),
+            s.redis_url_file.as_deref(),
+            problem,
+        );
+        if s.backend == StoreBackend::Memory {
+            return StoreConfig::Memory;
+        }
+        if s.timeout_ms == 0 || s.timeout_ms > 10_000 {
+            problem(
+                "store.timeout_ms",
+                "must be 1 to 10000 milliseconds".into(),
+            );
+        }
+        if s.expected_replicas == 0 {
+            problem(
+                "store.expected_replicas",
+                "must be at least 1".into(),
+            );
+        }
+        if s.key_prefix.len() > 64 || s.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            problem(
+                "store.key_prefix",
+                "must be at most 64 characters, without spaces or control characters".into(),
+            );
+        }
+        let Some(url) = url else {
+            problem(
+                "store.redis_url",
+                "missing for store.backend = \"redis\"; set it (e.g. JELOU_RELAY__STORE__REDIS_URL=redis://redis:6379/0) or store.redis_url_file".into(),
+            );
+            return StoreConfig::Memory;
+        };
+        let parsed = Url::parse(url.expose_secret()).ok();
+        match parsed.as_ref() {
+            Some(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}
+            _ => {
+                problem(
+                    "store.redis_url",
+                    "is not a redis://host:port[/db] or rediss:// URL (the value is not shown: it may hold a password)".into(),
+                );
+                return StoreConfig::Memory;
+            }
+        }
+        StoreConfig::Redis(RedisConfig {
+            target: parsed.as_ref().map(redis_target).unwrap_or_default(),
+            url,
+            key_prefix: s.key_prefix.clone(),
+            timeout: Duration::from_millis(s.timeout_ms.max(1)),
+            failure_mode: s.failure_mode,
+            expected_replicas: s.expected_replicas.max(1),
+        })
+    }
+}
+
+/// `redis://host:port/db` without user or password: what logs and `/readyz` may show.
+fn redis_target(url: &Url) -> String {
+    format!(
+        "{}://{}:{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port().unwrap_or(6379),
+        url.path()
+    )
 }
 
 impl Settings {
@@ -751,19 +870,22 @@ pub enum Callers {
     },
 }
 
-/// A secret given inline or as a file path (for mounted secrets); both at once is an error.
+/// A secret given inline or as a file path (for mounted secrets), under `{key}.{field}`
+/// and `{key}.{field}_file`; both at once is an error.
 fn resolve_secret(
     key: &str,
+    field: &str,
     inline: Option<&SecretString>,
     file: Option<&Path>,
     problem: &mut impl FnMut(&str, String),
 ) -> Option<SecretString> {
     let inline = inline.filter(|s| !s.expose_secret().is_empty());
+    let file_key = format!("{key}.{field}_file");
     match (inline, file) {
         (Some(_), Some(_)) => {
             problem(
-                &format!("{key}.client_secret_file"),
-                format!("set either {key}.client_secret or {key}.client_secret_file, not both"),
+                &file_key,
+                format!("set either {key}.{field} or {file_key}, not both"),
             );
             None
         }
@@ -772,10 +894,7 @@ fn resolve_secret(
             Ok(contents) => {
                 let trimmed = contents.trim_end_matches(['\n', '\r']);
                 if trimmed.is_empty() {
-                    problem(
-                        &format!("{key}.client_secret_file"),
-                        format!("'{}' is empty", path.display()),
-                    );
+                    problem(&file_key, format!("'{}' is empty", path.display()));
                     None
                 } else {
                     Some(SecretString::from(trimmed.to_string()))
@@ -783,7 +902,7 @@ fn resolve_secret(
             }
             Err(error) => {
                 problem(
-                    &format!("{key}.client_secret_file"),
+                    &file_key,
                     format!("cannot read '{}': {error}", path.display()),
                 );
                 None
@@ -838,6 +957,7 @@ pub struct RelayConfig {
     /// WhatsApp's pair limit: messages to one recipient from one bot.
     pub recipients: RateSettings,
     pub idempotency: IdempotencyConfig,
+    pub store: StoreConfig,
     pub callers: Callers,
     /// Where the admin listener binds, when enabled.
     pub admin: Option<(String, u16)>,
@@ -865,6 +985,28 @@ pub struct DeliveryConfig {
     pub max_in_flight: usize,
     pub max_waiting: usize,
     pub rate_limit_max_wait: Duration,
+}
+
+/// Where rate-limit state and idempotency keys live.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Memory,
+    Redis(RedisConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The full URL, password included: only the store's client sees it.
+    pub url: SecretString,
+    /// The URL without credentials, for logs and `/readyz`.
+    pub target: String,
+    pub key_prefix: String,
+    /// The most any one Redis call may take.
+    pub timeout: Duration,
+    pub failure_mode: FailureMode,
+    /// Replicas sharing the budget: with Redis down (`fail_open`), each replica applies
+    /// every limit divided by this.
+    pub expected_replicas: u32,
 }
 
 #[derive(Debug, Clone)]

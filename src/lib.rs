@@ -8,4 +8,5 @@ pub mod delivery;
 pub mod domain;
 pub mod jelou;
 pub mod metrics;
+pub mod store;
 pub mod telemetry;

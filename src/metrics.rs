@@ -17,6 +17,10 @@ pub const RATE_LIMIT_REJECTIONS: &str = "jelou_relay_rate_limit_rejections_total
 pub const IDEMPOTENCY: &str = "jelou_relay_idempotency_total";
 pub const SHED: &str = "jelou_relay_shed_total";
 pub const BUILD_INFO: &str = "jelou_relay_build_info";
+pub const STORE_DURATION: &str = "jelou_relay_store_duration_seconds";
+pub const STORE_ERRORS: &str = "jelou_relay_store_errors_total";
+pub const STORE_UP: &str = "jelou_relay_store_up";
+pub const STORE_UNAVAILABLE: &str = "jelou_relay_store_unavailable_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -89,4 +93,18 @@ fn describe() {
         "Requests shed at once because a bound was full, by where"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
+    describe_histogram!(
+        STORE_DURATION,
+        Unit::Seconds,
+        "Duration of one call to the shared store (Redis), by op and result"
+    );
+    describe_counter!(
+        STORE_ERRORS,
+        "Failed calls to the shared store, by op and kind (error, timeout, down)"
+    );
+    describe_gauge!(STORE_UP, "1 while the shared store answers, 0 while it does not");
+    describe_counter!(
+        STORE_UNAVAILABLE,
+        "Requests that met an unreachable store, by what (rate_limit, idempotency) and action (fallback, refused)"
+    );
 }

@@ -22,7 +22,9 @@ use super::problem::{ApiError, PROBLEM_CONTENT_TYPE, Problem};
 use super::request_id::RequestId;
 use super::trace_context::TraceContext;
 use crate::app::AppState;
-use crate::delivery::idempotency::{Begin, StoredAnswer, fingerprint, is_valid_key, scoped_key};
+use crate::delivery::idempotency::{
+    Begin, Reservation, StoredAnswer, fingerprint, is_valid_key, scoped_key,
+};
 use crate::delivery::{DeliveryFailure, DeliveryState, FailureKind, Outbound};
 use crate::domain::strict_json::parse_object;
 use crate::domain::{FieldError, FlowAction, FlowMessage, FlowMode};
@@ -192,8 +194,8 @@ pub enum SendOutcome {
         (status = 415, description = "`unsupported_media_type`: Content-Type is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, `unknown_bot`, `upstream_rejected` or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`rate_limited`: a bot or recipient rate limit, or Jelou, asks to slow down; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "`upstream_unavailable` or `upstream_auth_failed`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`overloaded` (the relay sheds load), or `upstream_unavailable` with Retry-After (Jelou said when to come back)", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "`upstream_unavailable` or `upstream_auth_failed`; or `send_interrupted`: the replica that was sending with this Idempotency-Key stopped before recording an answer (delivery `unknown`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` (the relay sheds load, or the shared store is unreachable with `fail_closed`), or `upstream_unavailable` with Retry-After (Jelou said when to come back)", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "`deadline_exceeded`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -221,6 +223,10 @@ pub async fn send_flow_message(
         }
     }
 }
+
+/// How long a claim on an Idempotency-Key outlives the request's deadline in a shared
+/// store before it is taken as abandoned (the sending replica died).
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
 /// The header a caller uses to ask for a shorter deadline than the relay's.
 pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
@@ -307,13 +313,16 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
         None => None,
         Some(key) => {
             let scoped = scoped_key(caller.name(), &key);
+            // A shared store keeps the claim this long; past it without an answer, the
+            // send counts as interrupted (outcome unknown).
+            let lease = deadline.saturating_duration_since(Instant::now()) + LEASE_MARGIN;
             let begin = state
                 .idempotency
-                .begin(&scoped, fingerprint(&outbound))
+                .begin(&scoped, fingerprint(&outbound), lease)
                 .await
                 .map_err(|e| ApiError::StoreUnavailable(e.to_string()))?;
             match begin {
-                Begin::Proceed => Some(scoped),
+                Begin::Proceed(reservation) => Some(reservation),
                 Begin::Replay(answer) => {
                     metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "replayed")
                         .increment(1);
@@ -325,6 +334,11 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
                     metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "in_flight")
                         .increment(1);
                     return Err(ApiError::IdempotencyKeyInFlight);
+                }
+                Begin::Abandoned => {
+                    metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "interrupted")
+                        .increment(1);
+                    return Err(ApiError::SendInterrupted);
                 }
                 Begin::Mismatch => {
                     metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "reused")
@@ -352,7 +366,7 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
 async fn deliver(
     state: AppState,
     outbound: Outbound,
-    key: Option<String>,
+    key: Option<Reservation>,
     request_id: String,
 ) -> StoredAnswer {
     let alias = outbound.bot.alias.clone();
@@ -397,6 +411,9 @@ async fn deliver(
         } else {
             state.idempotency.release(&key).await
         };
+        if stored.is_err() {
+            crate::store::count_unavailable("idempotency", state.store.failure_mode());
+        }
         if let Err(error) = stored {
             tracing::error!(%error, "could not record the idempotent answer");
         }

@@ -76,6 +76,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     /// The idempotency store could not be asked; nothing was sent.
     StoreUnavailable(String),
+    /// Another replica claimed this key and stopped before recording an answer.
+    SendInterrupted,
     Delivery(DeliveryFailure),
     NotFound,
     MethodNotAllowed,
@@ -161,6 +163,12 @@ impl ApiError {
                 "overloaded",
                 "The relay cannot serve this now",
                 true,
+            ),
+            ApiError::SendInterrupted => (
+                S::BAD_GATEWAY,
+                "send_interrupted",
+                "An earlier send with this Idempotency-Key was interrupted",
+                false,
             ),
             ApiError::NotFound => (S::NOT_FOUND, "not_found", "Not found", false),
             ApiError::Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized", "Unauthorized", false),
@@ -281,6 +289,9 @@ impl ApiError {
                 "this Idempotency-Key was used for a different message; use a new key for a new message".into()
             }
             ApiError::StoreUnavailable(detail) => detail.clone(),
+            ApiError::SendInterrupted => {
+                "the replica sending this message with this Idempotency-Key stopped before recording Jelou's answer, so the message may or may not have been sent; check with the recipient before sending it again with a new key".into()
+            }
             ApiError::Delivery(failure) => failure.detail.clone(),
             ApiError::NotFound => {
                 "no such route; the API is POST /v1/flow-messages (see /docs)".into()
@@ -335,6 +346,9 @@ impl ApiError {
                         .retry_after
                         .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
                 )
+            }
+            ApiError::SendInterrupted => {
+                (Vec::new(), DeliveryState::Unknown, None, None, None)
             }
             ApiError::IdempotencyKeyInFlight
             | ApiError::StoreUnavailable(_)

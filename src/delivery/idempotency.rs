@@ -87,15 +87,30 @@ pub struct StoredAnswer {
     pub body: Bytes,
 }
 
+/// A key this request holds while it sends: complete it with the answer, or release it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub key: String,
+    pub fingerprint: Fingerprint,
+    /// Tells this holder's marker from another's (a shared store only).
+    pub token: String,
+    /// Held in this process's store (always, with the memory backend; with Redis, only
+    /// while Redis was unreachable under `fail_open`).
+    pub local: bool,
+}
+
 /// What a request with a key may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Begin {
     /// The key is new (or was released): this request sends, and must complete or release.
-    Proceed,
+    Proceed(Reservation),
     /// The same message was answered before: replay it.
     Replay(StoredAnswer),
     /// The same key is being sent right now by another request.
     InFlight,
+    /// Another replica began sending this message and stopped (its lease ran out)
+    /// without recording an answer: Jelou may or may not have sent it.
+    Abandoned,
     /// The key was used for a different message.
     Mismatch,
 }
@@ -107,11 +122,23 @@ pub struct StoreError(pub String);
 /// Where keys live. In memory by default; a shared store serves several replicas.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + fmt::Debug {
-    async fn begin(&self, key: &str, fingerprint: Fingerprint) -> Result<Begin, StoreError>;
+    /// Claims `key` for this message, or says what became of it. A shared store keeps the
+    /// claim for `lease` (the request's deadline and a margin); past it without an answer,
+    /// the claim is taken as abandoned.
+    async fn begin(
+        &self,
+        key: &str,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError>;
     /// Stores the final answer for the retention period.
-    async fn complete(&self, key: &str, answer: StoredAnswer) -> Result<(), StoreError>;
+    async fn complete(
+        &self,
+        reservation: &Reservation,
+        answer: StoredAnswer,
+    ) -> Result<(), StoreError>;
     /// Frees the key: the message provably was not sent, so the caller may try again.
-    async fn release(&self, key: &str) -> Result<(), StoreError>;
+    async fn release(&self, reservation: &Reservation) -> Result<(), StoreError>;
 }
 
 #[derive(Debug)]
@@ -160,10 +187,43 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// What `begin` would answer for a key this store holds, without claiming it.
+    pub fn lookup(&self, key: &str, fingerprint: Fingerprint) -> Option<Begin> {
+        let now = Instant::now();
+        let entries = self.lock();
+        let entry = entries.by_key.get(key).filter(|e| e.expires_at > now)?;
+        Some(entry.state_for(fingerprint))
+    }
+
+    /// Keeps `answer` for `key` whether or not the key was claimed here.
+    pub fn remember(&self, key: &str, fingerprint: Fingerprint, answer: StoredAnswer) {
+        let now = Instant::now();
+        let mut entries = self.lock();
+        entries.evict(now, self.max_keys);
+        entries.insert(
+            key,
+            Entry {
+                fingerprint,
+                expires_at: now + self.retention,
+                slot: Slot::Done(answer),
+            },
+        );
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         // A panic while holding the lock leaves consistent data (every change is one
         // map operation), so a poisoned lock is still usable.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Entry {
+    fn state_for(&self, fingerprint: Fingerprint) -> Begin {
+        match (&self.slot, self.fingerprint == fingerprint) {
+            (_, false) => Begin::Mismatch,
+            (Slot::InFlight, true) => Begin::InFlight,
+            (Slot::Done(answer), true) => Begin::Replay(answer.clone()),
+        }
     }
 }
 
@@ -200,18 +260,20 @@ impl Entries {
 
 #[async_trait]
 impl IdempotencyStore for MemoryStore {
-    async fn begin(&self, key: &str, fingerprint: Fingerprint) -> Result<Begin, StoreError> {
+    async fn begin(
+        &self,
+        key: &str,
+        fingerprint: Fingerprint,
+        _lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        // In one process a claim cannot outlive its holder: the send task always ends.
         let now = Instant::now();
         let mut entries = self.lock();
         entries.evict(now, self.max_keys);
         if let Some(entry) = entries.by_key.get(key)
             && entry.expires_at > now
         {
-            return Ok(match (&entry.slot, entry.fingerprint == fingerprint) {
-                (_, false) => Begin::Mismatch,
-                (Slot::InFlight, true) => Begin::InFlight,
-                (Slot::Done(answer), true) => Begin::Replay(answer.clone()),
-            });
+            return Ok(entry.state_for(fingerprint));
         }
         entries.insert(
             key,
@@ -221,11 +283,21 @@ impl IdempotencyStore for MemoryStore {
                 slot: Slot::InFlight,
             },
         );
-        Ok(Begin::Proceed)
+        Ok(Begin::Proceed(Reservation {
+            key: key.to_string(),
+            fingerprint,
+            token: String::new(),
+            local: true,
+        }))
     }
 
-    async fn complete(&self, key: &str, answer: StoredAnswer) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        reservation: &Reservation,
+        answer: StoredAnswer,
+    ) -> Result<(), StoreError> {
         let now = Instant::now();
+        let key = reservation.key.as_str();
         let mut entries = self.lock();
         let Some(fingerprint) = entries.by_key.get(key).map(|e| e.fingerprint) else {
             return Ok(());
@@ -241,8 +313,14 @@ impl IdempotencyStore for MemoryStore {
         Ok(())
     }
 
-    async fn release(&self, key: &str) -> Result<(), StoreError> {
-        self.lock().by_key.remove(key);
+    async fn release(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        let mut entries = self.lock();
+        if matches!(
+            entries.by_key.get(&reservation.key).map(|e| &e.slot),
+            Some(Slot::InFlight)
+        ) {
+            entries.by_key.remove(&reservation.key);
+        }
         Ok(())
     }
 }
@@ -262,43 +340,53 @@ mod tests {
 
     const A: Fingerprint = Fingerprint([1; 32]);
     const B: Fingerprint = Fingerprint([2; 32]);
+    const LEASE: Duration = Duration::from_secs(10);
+
+    async fn claim(store: &MemoryStore, key: &str, fingerprint: Fingerprint) -> Reservation {
+        match store.begin(key, fingerprint, LEASE).await.unwrap() {
+            Begin::Proceed(reservation) => reservation,
+            other => panic!("expected to claim {key}, got {other:?}"),
+        }
+    }
 
     #[tokio::test]
     async fn proceed_in_flight_replay_mismatch() {
         let store = MemoryStore::new(Duration::from_secs(60), 10);
-        assert_eq!(store.begin("k", A).await.unwrap(), Begin::Proceed);
-        assert_eq!(store.begin("k", A).await.unwrap(), Begin::InFlight);
-        assert_eq!(store.begin("k", B).await.unwrap(), Begin::Mismatch);
-        store.complete("k", answer(200)).await.unwrap();
+        let held = claim(&store, "k", A).await;
+        assert_eq!(store.begin("k", A, LEASE).await.unwrap(), Begin::InFlight);
+        assert_eq!(store.begin("k", B, LEASE).await.unwrap(), Begin::Mismatch);
+        store.complete(&held, answer(200)).await.unwrap();
         assert_eq!(
-            store.begin("k", A).await.unwrap(),
+            store.begin("k", A, LEASE).await.unwrap(),
             Begin::Replay(answer(200))
         );
-        assert_eq!(store.begin("k", B).await.unwrap(), Begin::Mismatch);
+        assert_eq!(store.begin("k", B, LEASE).await.unwrap(), Begin::Mismatch);
+        assert_eq!(store.lookup("k", A), Some(Begin::Replay(answer(200))));
+        assert_eq!(store.lookup("absent", A), None);
     }
 
     #[tokio::test]
     async fn release_frees_the_key() {
         let store = MemoryStore::new(Duration::from_secs(60), 10);
-        assert_eq!(store.begin("k", A).await.unwrap(), Begin::Proceed);
-        store.release("k").await.unwrap();
-        assert_eq!(store.begin("k", B).await.unwrap(), Begin::Proceed);
+        let held = claim(&store, "k", A).await;
+        store.release(&held).await.unwrap();
+        claim(&store, "k", B).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn entries_expire_after_retention() {
         let store = MemoryStore::new(Duration::from_secs(60), 10);
-        store.begin("k", A).await.unwrap();
-        store.complete("k", answer(200)).await.unwrap();
+        let held = claim(&store, "k", A).await;
+        store.complete(&held, answer(200)).await.unwrap();
         tokio::time::advance(Duration::from_secs(59)).await;
         assert!(matches!(
-            store.begin("k", A).await.unwrap(),
+            store.begin("k", A, LEASE).await.unwrap(),
             Begin::Replay(_)
         ));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(store.begin("k", B).await.unwrap(), Begin::Proceed);
+        claim(&store, "k", B).await;
         tokio::time::advance(Duration::from_secs(61)).await;
-        store.begin("other", A).await.unwrap();
+        claim(&store, "other", A).await;
         assert_eq!(store.len(), 1, "expired keys are evicted");
     }
 
@@ -306,12 +394,12 @@ mod tests {
     async fn the_store_is_bounded() {
         let store = MemoryStore::new(Duration::from_secs(60), 3);
         for key in ["a", "b", "c", "d", "e"] {
-            store.begin(key, A).await.unwrap();
-            store.complete(key, answer(200)).await.unwrap();
+            let held = claim(&store, key, A).await;
+            store.complete(&held, answer(200)).await.unwrap();
         }
         assert!(store.len() <= 3);
         assert!(matches!(
-            store.begin("e", A).await.unwrap(),
+            store.begin("e", A, LEASE).await.unwrap(),
             Begin::Replay(_)
         ));
     }

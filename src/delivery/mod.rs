@@ -26,6 +26,7 @@ use url::Url;
 use utoipa::ToSchema;
 
 use crate::config::{Bot, RelayConfig};
+use crate::store::Store;
 use crate::domain::Recipient;
 
 /// One message on its way to Jelou. The body is serialized once, so every attempt and
@@ -177,15 +178,28 @@ impl Drop for WaitSlot {
 }
 
 /// Assembles the delivery stack over the upstream (Jelou client or sandbox), outer to inner.
-pub fn stack<S: DeliveryInner + Sync>(config: &RelayConfig, upstream: S) -> DeliveryService {
+pub fn stack<S: DeliveryInner + Sync>(
+    config: &RelayConfig,
+    upstream: S,
+    store: &Store,
+) -> DeliveryService {
     let delivery = &config.delivery;
     let queue = WaitQueue::new(delivery.max_waiting);
-    let limits = Arc::new(rate_limit::Limits::new(
-        &config.bots,
-        &config.recipients,
-        delivery.rate_limit_max_wait,
-        queue.clone(),
-    ));
+    let limits = Arc::new(match store {
+        Store::Memory => rate_limit::Limits::new(
+            &config.bots,
+            &config.recipients,
+            delivery.rate_limit_max_wait,
+            queue.clone(),
+        ),
+        Store::Redis(redis) => rate_limit::Limits::shared(
+            &config.bots,
+            &config.recipients,
+            delivery.rate_limit_max_wait,
+            queue.clone(),
+            redis.clone(),
+        ),
+    });
     let service = ServiceBuilder::new()
         // One deadline over everything below; the final attempt count and delivery
         // state are read from the journal here.

@@ -1,6 +1,7 @@
-//! Outbound rate limits (GCRA, governor): per bot (its WhatsApp number's throughput) and
-//! per bot and recipient (WhatsApp's pair limit). A request waits for capacity up to a
-//! bound within its deadline; past that it is refused with a time to come back.
+//! Outbound rate limits (GCRA): per bot (its WhatsApp number's throughput) and per bot
+//! and recipient (WhatsApp's pair limit), in this process (governor) or shared by every
+//! replica (Redis). A request waits for capacity up to a bound within its deadline; past
+//! that it is refused with a time to come back.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -18,7 +19,9 @@ use super::{
     Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, DeliveryState, FailureKind,
     Outbound, WaitQueue,
 };
-use crate::config::{BotRegistry, RateSettings};
+use crate::config::{BotRegistry, FailureMode, RateSettings};
+use crate::store::RedisStore;
+use crate::store::limits::{Limit, SharedLimiter};
 
 /// A GCRA quota for `rate`; settings are validated positive at start-up.
 pub fn quota(rate: &RateSettings) -> Quota {
@@ -29,15 +32,83 @@ pub fn quota(rate: &RateSettings) -> Quota {
         .allow_burst(burst)
 }
 
-/// The limiters, shared by every request.
+/// The limits in this process: every limit with the memory backend; with Redis, the
+/// fallback while Redis is unreachable (`fail_open`), each limit divided by the
+/// expected replica count.
 #[derive(Debug)]
-pub struct Limits {
+struct LocalLimits {
     per_bot: HashMap<String, DefaultDirectRateLimiter>,
     per_recipient: DefaultKeyedRateLimiter<(String, String)>,
     clock: DefaultClock,
+    checks: AtomicU64,
+}
+
+impl LocalLimits {
+    fn new(bots: &BotRegistry, recipients: &RateSettings, share: u32) -> Self {
+        let per_bot = bots
+            .aliases()
+            .filter_map(|alias| bots.resolve(Some(alias)).ok())
+            .map(|bot| {
+                let rate = divided(&bot.rate, share);
+                (bot.alias.clone(), RateLimiter::direct(quota(&rate)))
+            })
+            .collect();
+        LocalLimits {
+            per_bot,
+            per_recipient: RateLimiter::keyed(quota(&divided(recipients, share))),
+            clock: DefaultClock::default(),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    fn wait_for(&self, limit: Limit<'_>) -> Option<Duration> {
+        match limit {
+            Limit::Bot(alias) => {
+                let limiter = self.per_bot.get(alias)?;
+                limiter
+                    .check()
+                    .err()
+                    .map(|not_until| not_until.wait_time_from(self.clock.now()))
+            }
+            Limit::Recipient { bot, to } => {
+                // Forget recipients idle long enough to be back at full burst, now and then.
+                if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+                    self.per_recipient.retain_recent();
+                    self.per_recipient.shrink_to_fit();
+                }
+                self.per_recipient
+                    .check_key(&(bot.to_string(), to.to_string()))
+                    .err()
+                    .map(|not_until| not_until.wait_time_from(self.clock.now()))
+            }
+        }
+    }
+}
+
+/// `rate` split across `share` replicas (burst rounded up, at least 1).
+fn divided(rate: &RateSettings, share: u32) -> RateSettings {
+    let share = share.max(1);
+    RateSettings {
+        rate_per_second: rate.rate_per_second / f64::from(share),
+        burst: rate.burst.div_ceil(share).max(1),
+    }
+}
+
+/// The budget every replica shares, in Redis.
+#[derive(Debug)]
+struct SharedLimits {
+    limiter: SharedLimiter,
+    bot_rates: HashMap<String, RateSettings>,
+    recipients: RateSettings,
+}
+
+/// The limiters, shared by every request.
+#[derive(Debug)]
+pub struct Limits {
+    local: LocalLimits,
+    shared: Option<SharedLimits>,
     max_wait: Duration,
     queue: WaitQueue,
-    checks: AtomicU64,
 }
 
 impl Limits {
@@ -47,50 +118,86 @@ impl Limits {
         max_wait: Duration,
         queue: WaitQueue,
     ) -> Self {
-        let per_bot = bots
-            .aliases()
-            .filter_map(|alias| bots.resolve(Some(alias)).ok())
-            .map(|bot| (bot.alias.clone(), RateLimiter::direct(quota(&bot.rate))))
-            .collect();
         Limits {
-            per_bot,
-            per_recipient: RateLimiter::keyed(quota(recipients)),
-            clock: DefaultClock::default(),
+            local: LocalLimits::new(bots, recipients, 1),
+            shared: None,
             max_wait,
             queue,
-            checks: AtomicU64::new(0),
         }
     }
 
-    fn wait_for_recipient(&self, key: &(String, String)) -> Option<Duration> {
-        // Forget recipients idle long enough to be back at full burst, now and then.
-        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
-            self.per_recipient.retain_recent();
-            self.per_recipient.shrink_to_fit();
+    /// Limits kept in Redis, with local ones (each divided by the expected replicas)
+    /// for when Redis cannot be reached and the failure mode is `fail_open`.
+    pub fn shared(
+        bots: &BotRegistry,
+        recipients: &RateSettings,
+        max_wait: Duration,
+        queue: WaitQueue,
+        store: Arc<RedisStore>,
+    ) -> Self {
+        let bot_rates = bots
+            .aliases()
+            .filter_map(|alias| bots.resolve(Some(alias)).ok())
+            .map(|bot| (bot.alias.clone(), bot.rate))
+            .collect();
+        Limits {
+            local: LocalLimits::new(bots, recipients, store.expected_replicas),
+            shared: Some(SharedLimits {
+                limiter: SharedLimiter::new(store),
+                bot_rates,
+                recipients: *recipients,
+            }),
+            max_wait,
+            queue,
         }
-        self.per_recipient
-            .check_key(key)
-            .err()
-            .map(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
-    fn wait_for_bot(&self, alias: &str) -> Option<Duration> {
-        let limiter = self.per_bot.get(alias)?;
-        limiter
-            .check()
-            .err()
-            .map(|not_until| not_until.wait_time_from(self.clock.now()))
+    /// `Ok(None)`: a cell was taken. `Ok(Some(wait))`: none is free for `wait`.
+    async fn wait_for(&self, limit: Limit<'_>) -> Result<Option<Duration>, DeliveryFailure> {
+        let Some(shared) = &self.shared else {
+            return Ok(self.local.wait_for(limit));
+        };
+        let rate = match limit {
+            Limit::Bot(alias) => match shared.bot_rates.get(alias) {
+                Some(rate) => rate,
+                None => return Ok(None),
+            },
+            Limit::Recipient { .. } => &shared.recipients,
+        };
+        match shared.limiter.check(limit, rate).await {
+            Ok(wait) => Ok(wait),
+            Err(error) => {
+                let mode = shared.limiter.store().failure_mode;
+                crate::store::count_unavailable("rate_limit", mode);
+                match mode {
+                    FailureMode::FailOpen => {
+                        tracing::debug!(%error, "rate limit checked locally: the shared store is unreachable");
+                        Ok(self.local.wait_for(limit))
+                    }
+                    FailureMode::FailClosed => {
+                        tracing::warn!(%error, "send refused: the shared rate-limit store is unreachable (fail_closed)");
+                        Err(refused(
+                            FailureKind::Overloaded,
+                            "the shared rate-limit store is unreachable; nothing was sent, retry shortly".into(),
+                            Some(Duration::from_secs(1)),
+                        ))
+                    }
+                }
+            }
+        }
     }
 
-    /// Takes one cell from `check`, waiting while the wait fits in the budget.
+    /// Takes one cell of `limit`, waiting while the wait fits in the budget.
     async fn acquire(
         &self,
         what: &str,
         deadline: Instant,
-        check: impl Fn() -> Option<Duration>,
+        limit: Limit<'_>,
     ) -> Result<(), DeliveryFailure> {
         loop {
-            let Some(wait) = check() else { return Ok(()) };
+            let Some(wait) = self.wait_for(limit).await? else {
+                return Ok(());
+            };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if wait > self.max_wait.min(remaining) {
                 metrics::counter!(crate::metrics::RATE_LIMIT_REJECTIONS, "limit" => what.to_string())
@@ -177,18 +284,17 @@ impl<S: DeliveryInner> Service<Outbound> for RateLimit<S> {
         Box::pin(async move {
             // The pair limit first: it is the stricter one, and a refusal there must not
             // spend the bot's capacity.
-            let pair = (
-                outbound.bot.alias.clone(),
-                outbound.recipient.as_str().to_string(),
-            );
+            let bot = outbound.bot.alias.as_str();
+            let to = outbound.recipient.as_str();
             limits
-                .acquire("recipient", outbound.deadline, || {
-                    limits.wait_for_recipient(&pair)
-                })
+                .acquire(
+                    "recipient",
+                    outbound.deadline,
+                    Limit::Recipient { bot, to },
+                )
                 .await?;
-            let alias = outbound.bot.alias.clone();
             limits
-                .acquire("bot", outbound.deadline, || limits.wait_for_bot(&alias))
+                .acquire("bot", outbound.deadline, Limit::Bot(bot))
                 .await?;
             inner.oneshot(outbound).await
         })

@@ -1,0 +1,273 @@
+//! The shared store (Redis): one managed, multiplexed connection for every replica's
+//! rate-limit state and idempotency keys, a timeout on every call, and a health flag
+//! that `/readyz`, the fallbacks and the metrics read.
+
+pub mod idempotency;
+pub mod limits;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use tokio::time::Instant;
+use utoipa::ToSchema;
+
+use crate::config::{FailureMode, RedisConfig, StoreConfig};
+use crate::delivery::idempotency::StoreError;
+
+/// How often the store is pinged, so that its state is known without traffic and a
+/// store marked down is tried again.
+const PING_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What `/readyz` says of the store.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StoreStatus {
+    /// `memory` or `redis`.
+    pub backend: &'static str,
+    /// `up`, or `down` while Redis cannot be reached.
+    pub state: &'static str,
+    /// `fail_open` or `fail_closed` (Redis only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<&'static str>,
+    /// The Redis address, without credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// The store the application runs with, as `/readyz` and the handlers see it.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Memory,
+    Redis(Arc<RedisStore>),
+}
+
+impl Store {
+    /// Opens the store for `config`. Redis is connected lazily: the relay starts (and
+    /// reports `down`) while Redis is unreachable, and connects once it is there.
+    pub fn open(config: &StoreConfig) -> Result<Store, String> {
+        match config {
+            StoreConfig::Memory => Ok(Store::Memory),
+            StoreConfig::Redis(redis) => Ok(Store::Redis(RedisStore::open(redis)?)),
+        }
+    }
+
+    /// How sends meet an unreachable store (`fail_open` for memory, which never is).
+    pub fn failure_mode(&self) -> FailureMode {
+        match self {
+            Store::Memory => FailureMode::FailOpen,
+            Store::Redis(redis) => redis.failure_mode,
+        }
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        match self {
+            Store::Memory => StoreStatus {
+                backend: "memory",
+                state: "up",
+                failure_mode: None,
+                target: None,
+            },
+            Store::Redis(redis) => StoreStatus {
+                backend: "redis",
+                state: if redis.is_up() { "up" } else { "down" },
+                failure_mode: Some(redis.failure_mode.as_str()),
+                target: Some(redis.target.clone()),
+            },
+        }
+    }
+}
+
+/// One Redis connection shared by every request.
+pub struct RedisStore {
+    connection: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    target: String,
+    pub failure_mode: FailureMode,
+    pub expected_replicas: u32,
+    up: AtomicBool,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("target", &self.target)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Creates the client and starts the pinger; must run inside the Tokio runtime.
+    pub fn open(config: &RedisConfig) -> Result<Arc<RedisStore>, String> {
+        // The URL holds the password: errors name the target only.
+        let client = redis::Client::open(config.url.expose_secret()).map_err(|error| {
+            format!(
+                "store.redis_url ({}) is not usable: {}",
+                config.target,
+                describe(&error)
+            )
+        })?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            // One connection attempt per reconnection: the pinger tries again soon, and
+            // no request waits behind a long reconnection schedule.
+            .set_number_of_retries(0)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_lazy_with_config(client, manager)
+            .map_err(|error| format!("Redis client for {}: {}", config.target, describe(&error)))?;
+        let store = Arc::new(RedisStore {
+            connection,
+            prefix: config.key_prefix.clone(),
+            timeout: config.timeout,
+            target: config.target.clone(),
+            failure_mode: config.failure_mode,
+            expected_replicas: config.expected_replicas,
+            // Unknown until the first ping; requests try Redis meanwhile.
+            up: AtomicBool::new(true),
+        });
+        metrics::gauge!(crate::metrics::STORE_UP).set(1.0);
+        tokio::spawn(ping_forever(Arc::downgrade(&store)));
+        Ok(store)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// `prefix` + `parts` joined with `:`.
+    pub fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.prefix.clone();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                key.push(':');
+            }
+            key.push_str(part);
+        }
+        key
+    }
+
+    /// A connection handle (cheap: the connection is multiplexed).
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// Runs one Redis call under the store timeout, timing it and keeping the health
+    /// flag. While the store is marked down, calls fail at once without waiting: the
+    /// pinger brings it back.
+    pub async fn call<T, F>(&self, op: &'static str, call: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.is_up() {
+            metrics::counter!(crate::metrics::STORE_ERRORS, "op" => op, "kind" => "down")
+                .increment(1);
+            return Err(StoreError(format!(
+                "the shared store ({}) is unreachable",
+                self.target
+            )));
+        }
+        self.timed(op, call).await
+    }
+
+    async fn timed<T, F>(&self, op: &'static str, call: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, call).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let outcome = match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(("error", describe(&error))),
+            Err(_elapsed) => Err((
+                "timeout",
+                format!("no answer within {} ms", self.timeout.as_millis()),
+            )),
+        };
+        let label = if outcome.is_ok() { "ok" } else { "error" };
+        metrics::histogram!(crate::metrics::STORE_DURATION, "op" => op, "result" => label)
+            .record(elapsed);
+        match outcome {
+            Ok(value) => {
+                self.mark(true);
+                Ok(value)
+            }
+            Err((kind, detail)) => {
+                metrics::counter!(crate::metrics::STORE_ERRORS, "op" => op, "kind" => kind)
+                    .increment(1);
+                self.mark(false);
+                Err(StoreError(format!(
+                    "the shared store ({}) failed: {detail}",
+                    self.target
+                )))
+            }
+        }
+    }
+
+    fn mark(&self, up: bool) {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        if was != up {
+            metrics::gauge!(crate::metrics::STORE_UP).set(if up { 1.0 } else { 0.0 });
+            if up {
+                tracing::info!(store = %self.target, "shared store reachable again");
+            } else {
+                tracing::warn!(
+                    store = %self.target,
+                    failure_mode = self.failure_mode.as_str(),
+                    "shared store unreachable"
+                );
+            }
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection();
+        self.timed("ping", async move {
+            redis::cmd("PING").query_async::<String>(&mut connection).await
+        })
+        .await
+        .map(drop)
+    }
+}
+
+/// Pings until the store is dropped.
+async fn ping_forever(store: Weak<RedisStore>) {
+    let mut ticks = tokio::time::interval(PING_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        if let Err(error) = store.ping().await {
+            tracing::debug!(%error, "store ping failed");
+        }
+    }
+}
+
+/// A Redis error in words that cannot carry the URL or its password.
+fn describe(error: &redis::RedisError) -> String {
+    match error.code() {
+        Some(code) => format!("{} ({code})", error.category()),
+        None => error.category().to_string(),
+    }
+}
+
+/// Counts one use of the fallback (`fail_open`) or one refusal (`fail_closed`).
+pub fn count_unavailable(what: &'static str, mode: FailureMode) {
+    let action = match mode {
+        FailureMode::FailOpen => "fallback",
+        FailureMode::FailClosed => "refused",
+    };
+    metrics::counter!(crate::metrics::STORE_UNAVAILABLE, "what" => what, "action" => action)
+        .increment(1);
+}
