@@ -22,10 +22,9 @@ async fn calls(jelou: &MockServer) -> usize {
     jelou.received_requests().await.unwrap().len()
 }
 
-#[tokio::test]
-async fn the_same_key_and_message_replay_the_stored_answer() {
+async fn the_same_key_and_message_replay_the_stored_answer(backend: Backend) {
     let jelou = jelou_answering(ResponseTemplate::new(200).set_body_json(json!({"id": 1}))).await;
-    let app = spawn_with(settings_for(&jelou.uri())).await;
+    let app = spawn_on(backend, settings_for(&jelou.uri())).await;
     let key = [("idempotency-key", "order-42")];
 
     let first = app.send_with(&seed_message(), &key).await;
@@ -50,10 +49,9 @@ async fn the_same_key_and_message_replay_the_stored_answer() {
     assert_eq!(calls(&jelou).await, 1, "Jelou was not called again");
 }
 
-#[tokio::test]
-async fn the_same_key_for_another_message_is_422() {
+async fn the_same_key_for_another_message_is_422(backend: Backend) {
     let jelou = jelou_answering(ResponseTemplate::new(200).set_body_json(json!({}))).await;
-    let app = spawn_with(settings_for(&jelou.uri())).await;
+    let app = spawn_on(backend, settings_for(&jelou.uri())).await;
     let key = [("idempotency-key", "k-1")];
     assert_eq!(app.send_with(&seed_message(), &key).await.status(), 200);
     let mut other = seed_message();
@@ -68,15 +66,14 @@ async fn the_same_key_for_another_message_is_422() {
     assert_eq!(calls(&jelou).await, 1);
 }
 
-#[tokio::test]
-async fn a_hundred_concurrent_requests_with_one_key_send_once() {
+async fn a_hundred_concurrent_requests_with_one_key_send_once(backend: Backend) {
     let jelou = jelou_answering(
         ResponseTemplate::new(200)
             .set_body_json(json!({}))
             .set_delay(Duration::from_millis(300)),
     )
     .await;
-    let app = spawn_with(settings_for(&jelou.uri())).await;
+    let app = spawn_on(backend, settings_for(&jelou.uri())).await;
     let handles: Vec<_> = (0..100)
         .map(|_| {
             let request = app
@@ -112,10 +109,9 @@ async fn a_hundred_concurrent_requests_with_one_key_send_once() {
     assert_eq!(calls(&jelou).await, 1, "exactly one upstream call");
 }
 
-#[tokio::test]
-async fn validation_failures_are_not_stored() {
+async fn validation_failures_are_not_stored(backend: Backend) {
     let jelou = jelou_answering(ResponseTemplate::new(200).set_body_json(json!({}))).await;
-    let app = spawn_with(settings_for(&jelou.uri())).await;
+    let app = spawn_on(backend, settings_for(&jelou.uri())).await;
     let key = [("idempotency-key", "k-2")];
     let mut invalid = seed_message();
     invalid["title"] = json!("");
@@ -131,10 +127,9 @@ async fn validation_failures_are_not_stored() {
     assert_eq!(calls(&jelou).await, 1);
 }
 
-#[tokio::test]
-async fn a_provably_unsent_failure_frees_the_key() {
+async fn a_provably_unsent_failure_frees_the_key(backend: Backend) {
     let jelou = jelou_answering(ResponseTemplate::new(503)).await;
-    let app = spawn_with(settings_for(&jelou.uri())).await;
+    let app = spawn_on(backend, settings_for(&jelou.uri())).await;
     let key = [("idempotency-key", "k-3")];
     let problem = assert_problem(
         app.send_with(&seed_message(), &key).await,
@@ -155,10 +150,9 @@ async fn a_provably_unsent_failure_frees_the_key() {
     );
 }
 
-#[tokio::test]
-async fn an_unknown_outcome_is_stored_so_a_retry_cannot_duplicate() {
+async fn an_unknown_outcome_is_stored_so_a_retry_cannot_duplicate(backend: Backend) {
     let jelou = jelou_answering(ResponseTemplate::new(500)).await;
-    let app = spawn_with(settings_for(&jelou.uri())).await;
+    let app = spawn_on(backend, settings_for(&jelou.uri())).await;
     let key = [("idempotency-key", "k-4")];
     let first = app.send_with(&seed_message(), &key).await;
     let problem = assert_problem(first, 502, "upstream_unavailable").await;
@@ -172,10 +166,9 @@ async fn an_unknown_outcome_is_stored_so_a_retry_cannot_duplicate() {
     assert_eq!(calls(&jelou).await, 1);
 }
 
-#[tokio::test]
-async fn dry_runs_neither_use_nor_store_keys() {
+async fn dry_runs_neither_use_nor_store_keys(backend: Backend) {
     let jelou = jelou_answering(ResponseTemplate::new(200).set_body_json(json!({}))).await;
-    let app = spawn_with(settings_for(&jelou.uri())).await;
+    let app = spawn_on(backend, settings_for(&jelou.uri())).await;
     let response = app
         .client
         .post(app.url("/v1/flow-messages?dry_run=true"))
@@ -192,12 +185,11 @@ async fn dry_runs_neither_use_nor_store_keys() {
     assert_eq!(calls(&jelou).await, 1);
 }
 
-#[tokio::test]
-async fn keys_are_checked_and_may_be_required() {
+async fn keys_are_checked_and_may_be_required(backend: Backend) {
     let jelou = jelou_answering(ResponseTemplate::new(200).set_body_json(json!({}))).await;
     let mut settings = settings_for(&jelou.uri());
     settings.idempotency.required = true;
-    let app = spawn_with(settings).await;
+    let app = spawn_on(backend, settings).await;
     assert_problem(
         app.send(&seed_message()).await,
         400,
@@ -220,3 +212,14 @@ async fn keys_are_checked_and_may_be_required() {
     );
     assert_eq!(calls(&jelou).await, 1);
 }
+
+on_both_backends!(
+    the_same_key_and_message_replay_the_stored_answer,
+    the_same_key_for_another_message_is_422,
+    a_hundred_concurrent_requests_with_one_key_send_once,
+    validation_failures_are_not_stored,
+    a_provably_unsent_failure_frees_the_key,
+    an_unknown_outcome_is_stored_so_a_retry_cannot_duplicate,
+    dry_runs_neither_use_nor_store_keys,
+    keys_are_checked_and_may_be_required,
+);

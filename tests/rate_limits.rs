@@ -47,13 +47,12 @@ fn with_bot_rate(settings: &mut Settings, rate: f64, burst: u32) {
     bot.burst = Some(burst);
 }
 
-#[tokio::test]
-async fn a_burst_over_the_bot_limit_gets_429_with_retry_after() {
+async fn a_burst_over_the_bot_limit_gets_429_with_retry_after(backend: Backend) {
     let jelou = accepting_jelou(Duration::ZERO).await;
     let mut settings = settings_for(&jelou.uri());
     with_bot_rate(&mut settings, 1.0, 3);
     settings.delivery.rate_limit_max_wait_ms = 0;
-    let app = spawn_with(settings).await;
+    let app = spawn_on(backend, settings).await;
 
     let started = Instant::now();
     let results = burst(&app, (0..20).map(message_to).collect()).await;
@@ -84,13 +83,12 @@ async fn a_burst_over_the_bot_limit_gets_429_with_retry_after() {
     );
 }
 
-#[tokio::test]
-async fn requests_wait_for_capacity_within_the_bound() {
+async fn requests_wait_for_capacity_within_the_bound(backend: Backend) {
     let jelou = accepting_jelou(Duration::ZERO).await;
     let mut settings = settings_for(&jelou.uri());
     with_bot_rate(&mut settings, 10.0, 1);
     settings.delivery.rate_limit_max_wait_ms = 2000;
-    let app = spawn_with(settings).await;
+    let app = spawn_on(backend, settings).await;
 
     let started = Instant::now();
     let results = burst(&app, (0..5).map(message_to).collect()).await;
@@ -103,14 +101,13 @@ async fn requests_wait_for_capacity_within_the_bound() {
     assert!(started.elapsed() >= Duration::from_millis(400));
 }
 
-#[tokio::test]
-async fn the_pair_limit_applies_per_recipient() {
+async fn the_pair_limit_applies_per_recipient(backend: Backend) {
     let jelou = accepting_jelou(Duration::ZERO).await;
     let mut settings = settings_for(&jelou.uri());
     settings.recipients.rate_per_second = 0.1667;
     settings.recipients.burst = 2;
     settings.delivery.rate_limit_max_wait_ms = 0;
-    let app = spawn_with(settings).await;
+    let app = spawn_on(backend, settings).await;
 
     for _ in 0..2 {
         assert_eq!(app.send(&seed_message()).await.status(), 200);
@@ -129,13 +126,12 @@ async fn the_pair_limit_applies_per_recipient() {
     assert_eq!(jelou.received_requests().await.unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn a_full_queue_sheds_at_once_with_503_overloaded() {
+async fn a_full_queue_sheds_at_once_with_503_overloaded(backend: Backend) {
     let jelou = accepting_jelou(Duration::from_millis(800)).await;
     let mut settings = settings_for(&jelou.uri());
     settings.delivery.max_in_flight = 2;
     settings.delivery.max_waiting = 1;
-    let app = spawn_with(settings).await;
+    let app = spawn_on(backend, settings).await;
 
     let started = Instant::now();
     let results = burst(&app, (0..6).map(message_to).collect()).await;
@@ -156,8 +152,7 @@ async fn a_full_queue_sheds_at_once_with_503_overloaded() {
     );
 }
 
-#[tokio::test]
-async fn a_request_keeps_its_permit_through_its_retries() {
+async fn a_request_keeps_its_permit_through_its_retries(backend: Backend) {
     // Jelou says "503, come back in 1 s" once, then accepts.
     let jelou = MockServer::start().await;
     Mock::given(any())
@@ -170,7 +165,7 @@ async fn a_request_keeps_its_permit_through_its_retries() {
     let mut settings = settings_for(&jelou.uri());
     settings.delivery.max_in_flight = 1;
     settings.delivery.max_waiting = 0;
-    let app = spawn_with(settings).await;
+    let app = spawn_on(backend, settings).await;
 
     let first = {
         let request = app
@@ -189,3 +184,11 @@ async fn a_request_keeps_its_permit_through_its_retries() {
     assert_eq!(first["status"], "sent");
     assert_eq!(first["attempts"], 2);
 }
+
+on_both_backends!(
+    a_burst_over_the_bot_limit_gets_429_with_retry_after,
+    requests_wait_for_capacity_within_the_bound,
+    the_pair_limit_applies_per_recipient,
+    a_full_queue_sheds_at_once_with_503_overloaded,
+    a_request_keeps_its_permit_through_its_retries,
+);

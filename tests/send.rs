@@ -325,7 +325,7 @@ async fn probes_answer() {
     assert_eq!(ready.status(), 200);
     assert_eq!(
         ready.json::<Value>().await.unwrap(),
-        json!({"status": "ready"})
+        json!({"status": "ready", "store": {"backend": "memory", "state": "up"}})
     );
 }
 

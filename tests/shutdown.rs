@@ -36,8 +36,8 @@ async fn readiness_flips_and_an_in_flight_request_finishes() {
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     assert_eq!(
-        ready.json::<serde_json::Value>().await.unwrap(),
-        json!({"status": "draining"})
+        ready.json::<serde_json::Value>().await.unwrap()["status"],
+        "draining"
     );
 
     let response = in_flight.await.unwrap().unwrap();

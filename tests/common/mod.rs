@@ -1,11 +1,14 @@
 //! Shared test harness: the real application on port 0, wiremock standing in for Jelou.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::path::Path;
 use std::sync::Once;
 
 use jelou_relay::app::Application;
-use jelou_relay::config::{BotSettings, Environment, Settings, UpstreamMode};
+use jelou_relay::config::{BotSettings, Environment, Settings, StoreBackend, UpstreamMode};
+pub use redis_server::{RedisServer, redis_available};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -79,6 +82,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     pub finished: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The Redis server this app uses, when it runs on the Redis backend.
+    pub redis: Option<RedisServer>,
 }
 
 impl TestApp {
@@ -140,7 +145,63 @@ pub async fn spawn_with(settings: Settings) -> TestApp {
         client: reqwest::Client::new(),
         stop: Some(stop),
         finished: Some(finished),
+        redis: None,
     }
+}
+
+/// Where a test's app keeps rate limits and idempotency keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Redis,
+}
+
+/// Points `settings` at `redis` (backend, URL, a short timeout).
+pub fn use_redis(settings: &mut Settings, redis: &RedisServer) {
+    settings.store.backend = StoreBackend::Redis;
+    settings.store.redis_url = Some(SecretString::from(redis.url()));
+    settings.store.timeout_ms = 200;
+}
+
+/// The app on `backend`; with Redis, on a fresh redis-server of its own.
+pub async fn spawn_on(backend: Backend, mut settings: Settings) -> TestApp {
+    let redis = match backend {
+        Backend::Memory => None,
+        Backend::Redis => {
+            let redis = RedisServer::start();
+            use_redis(&mut settings, &redis);
+            Some(redis)
+        }
+    };
+    let mut app = spawn_with(settings).await;
+    app.redis = redis;
+    app
+}
+
+/// Runs each named `async fn(Backend)` as two tests, `memory::<name>` and
+/// `redis::<name>`: the same behaviour suite on both stores.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Memory).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if $crate::common::redis_available() {
+                        super::$name($crate::common::Backend::Redis).await
+                    }
+                }
+            )*
+        }
+    };
 }
 
 /// The app in Jelou mode against a fresh wiremock server.
