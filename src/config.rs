@@ -673,18 +673,16 @@ impl Settings {
             return StoreConfig::Memory;
         }
         if s.timeout_ms == 0 || s.timeout_ms > 10_000 {
-            problem(
-                "store.timeout_ms",
-                "must be 1 to 10000 milliseconds".into(),
-            );
+            problem("store.timeout_ms", "must be 1 to 10000 milliseconds".into());
         }
         if s.expected_replicas == 0 {
-            problem(
-                "store.expected_replicas",
-                "must be at least 1".into(),
-            );
+            problem("store.expected_replicas", "must be at least 1".into());
         }
-        if s.key_prefix.len() > 64 || s.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if s.key_prefix.len() > 64
+            || s.key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
             problem(
                 "store.key_prefix",
                 "must be at most 64 characters, without spaces or control characters".into(),

@@ -102,7 +102,10 @@ fn describe() {
         STORE_ERRORS,
         "Failed calls to the shared store, by op and kind (error, timeout, down)"
     );
-    describe_gauge!(STORE_UP, "1 while the shared store answers, 0 while it does not");
+    describe_gauge!(
+        STORE_UP,
+        "1 while the shared store answers, 0 while it does not"
+    );
     describe_counter!(
         STORE_UNAVAILABLE,
         "Requests that met an unreachable store, by what (rate_limit, idempotency) and action (fallback, refused)"

@@ -316,11 +316,29 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
             // A shared store keeps the claim this long; past it without an answer, the
             // send counts as interrupted (outcome unknown).
             let lease = deadline.saturating_duration_since(Instant::now()) + LEASE_MARGIN;
-            let begin = state
-                .idempotency
-                .begin(&scoped, fingerprint(&outbound), lease)
-                .await
-                .map_err(|e| ApiError::StoreUnavailable(e.to_string()))?;
+            // The store has its own timeout; the request's deadline still holds over it.
+            let begin = tokio::time::timeout_at(
+                deadline,
+                state
+                    .idempotency
+                    .begin(&scoped, fingerprint(&outbound), lease),
+            )
+            .await
+            .map_err(|_elapsed| {
+                ApiError::Delivery(crate::delivery::rate_limit::refused(
+                    FailureKind::DeadlineExceeded,
+                    "the deadline passed while the Idempotency-Key was being checked; nothing was sent".into(),
+                    None,
+                ))
+            })?
+            .map_err(|error| {
+                // The store's address and error stay in the log.
+                tracing::warn!(%error, "send refused: the Idempotency-Key could not be checked");
+                ApiError::StoreUnavailable(
+                    "the shared idempotency store is unreachable; nothing was sent, retry shortly"
+                        .into(),
+                )
+            })?;
             match begin {
                 Begin::Proceed(reservation) => Some(reservation),
                 Begin::Replay(answer) => {

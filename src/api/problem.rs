@@ -347,9 +347,7 @@ impl ApiError {
                         .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
                 )
             }
-            ApiError::SendInterrupted => {
-                (Vec::new(), DeliveryState::Unknown, None, None, None)
-            }
+            ApiError::SendInterrupted => (Vec::new(), DeliveryState::Unknown, None, None, None),
             ApiError::IdempotencyKeyInFlight
             | ApiError::StoreUnavailable(_)
             | ApiError::Overloaded => (Vec::new(), DeliveryState::NotSent, None, None, Some(1)),

@@ -116,7 +116,7 @@ pub enum Begin {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("idempotency store unavailable: {0}")]
+#[error("{0}")]
 pub struct StoreError(pub String);
 
 /// Where keys live. In memory by default; a shared store serves several replicas.

@@ -26,8 +26,8 @@ use url::Url;
 use utoipa::ToSchema;
 
 use crate::config::{Bot, RelayConfig};
-use crate::store::Store;
 use crate::domain::Recipient;
+use crate::store::Store;
 
 /// One message on its way to Jelou. The body is serialized once, so every attempt and
 /// the dry run show the very same bytes.

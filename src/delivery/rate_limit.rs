@@ -287,11 +287,7 @@ impl<S: DeliveryInner> Service<Outbound> for RateLimit<S> {
             let bot = outbound.bot.alias.as_str();
             let to = outbound.recipient.as_str();
             limits
-                .acquire(
-                    "recipient",
-                    outbound.deadline,
-                    Limit::Recipient { bot, to },
-                )
+                .acquire("recipient", outbound.deadline, Limit::Recipient { bot, to })
                 .await?;
             limits
                 .acquire("bot", outbound.deadline, Limit::Bot(bot))

@@ -127,7 +127,10 @@ impl IdempotencyStore for RedisIdempotency {
         let mut connection = self.store.connection();
         let reply: Vec<String> = self
             .store
-            .call("idempotency_begin", invocation.invoke_async(&mut connection))
+            .call(
+                "idempotency_begin",
+                invocation.invoke_async(&mut connection),
+            )
             .await?;
         let now: u64 = reply.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
         match (reply.first().map(String::as_str), reply.get(2)) {
@@ -194,7 +197,10 @@ impl IdempotencyStore for RedisIdempotency {
         let mut connection = self.store.connection();
         let _stored: i64 = self
             .store
-            .call("idempotency_complete", invocation.invoke_async(&mut connection))
+            .call(
+                "idempotency_complete",
+                invocation.invoke_async(&mut connection),
+            )
             .await?;
         Ok(())
     }
@@ -207,7 +213,10 @@ impl IdempotencyStore for RedisIdempotency {
         let mut connection = self.store.connection();
         let _released: i64 = self
             .store
-            .call("idempotency_release", invocation.invoke_async(&mut connection))
+            .call(
+                "idempotency_release",
+                invocation.invoke_async(&mut connection),
+            )
             .await?;
         Ok(())
     }
@@ -250,9 +259,7 @@ impl IdempotencyStore for SharedIdempotency {
             Err(error) => {
                 crate::store::count_unavailable("idempotency", self.mode);
                 match self.mode {
-                    FailureMode::FailClosed => Err(StoreError(format!(
-                        "{error}; nothing was sent, retry shortly (store.failure_mode = fail_closed)"
-                    ))),
+                    FailureMode::FailClosed => Err(error),
                     FailureMode::FailOpen => {
                         tracing::warn!(%error, "Idempotency-Key kept by this replica only: the shared store is unreachable (fail_open)");
                         self.local.begin(key, fingerprint, lease).await

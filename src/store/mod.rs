@@ -234,7 +234,9 @@ impl RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection();
         self.timed("ping", async move {
-            redis::cmd("PING").query_async::<String>(&mut connection).await
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
         })
         .await
         .map(drop)
