@@ -5,7 +5,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
 use wiremock::MockServer;
 
 async fn wait_for_upstream_call(jelou: &MockServer) {

@@ -8,6 +8,7 @@ use std::sync::Once;
 
 use jelou_relay::app::Application;
 use jelou_relay::config::{BotSettings, Environment, Settings, StoreBackend, UpstreamMode};
+#[allow(unused_imports)]
 pub use redis_server::{RedisServer, redis_available};
 use secrecy::SecretString;
 use serde_json::{Value, json};
