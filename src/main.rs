@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use jelou_relay::app::{Application, shutdown_signal};
 use jelou_relay::config::{
-    self, Callers, Environment, LogFormat, LogSettings, RelayConfig, Settings, UpstreamMode,
+    self, Callers, Environment, LogFormat, LogSettings, RelayConfig, Settings, StoreConfig,
+    UpstreamMode,
 };
 use jelou_relay::jelou::simulator::{self, Scripted, SimulatorOptions};
 use jelou_relay::{api, telemetry};
@@ -130,6 +131,17 @@ fn summary(config: &RelayConfig) -> String {
             config.base_url
         ),
     ];
+    lines.push(match &config.store {
+        StoreConfig::Memory => "store: memory (this process only; one replica)".to_string(),
+        StoreConfig::Redis(redis) => format!(
+            "store: redis {} ({}, expected replicas {}, timeout {} ms, key prefix {:?})",
+            redis.target,
+            redis.failure_mode.as_str(),
+            redis.expected_replicas,
+            redis.timeout.as_millis(),
+            redis.key_prefix
+        ),
+    });
     for alias in config.bots.aliases() {
         if let Ok(bot) = config.bots.resolve(Some(alias)) {
             lines.push(format!(
@@ -181,6 +193,16 @@ fn serve(config: RelayConfig, settings: Settings) -> ExitCode {
                 "no callers configured: anyone who can reach the relay may send (refused in production)"
             ),
             Callers::Keys(callers) => tracing::info!(callers = callers.len(), "caller authentication on"),
+        }
+        match &config.store {
+            StoreConfig::Memory => tracing::info!(
+                "store: memory; rate limits and Idempotency-Keys are per replica"
+            ),
+            StoreConfig::Redis(redis) => tracing::info!(
+                store = %redis.target,
+                failure_mode = redis.failure_mode.as_str(),
+                "store: redis, shared by every replica"
+            ),
         }
         if config.mode == UpstreamMode::Sandbox {
             tracing::warn!("sandbox mode: messages are validated and logged, never sent to Jelou");

@@ -95,6 +95,41 @@ fn production_refuses_each_unsafe_configuration() {
             &[("JELOU_RELAY__LOG__LEVEL", "[[[")],
             "config error: log.level",
         ),
+        (
+            &[("JELOU_RELAY__STORE__BACKEND", "redis")],
+            "config error: store.redis_url: missing for store.backend = \"redis\"",
+        ),
+        (
+            &[
+                ("JELOU_RELAY__STORE__BACKEND", "redis"),
+                ("JELOU_RELAY__STORE__REDIS_URL", "http://:pw-Zq9@redis:6379"),
+            ],
+            "config error: store.redis_url: is not a redis://host:port[/db] or rediss:// URL",
+        ),
+        (
+            &[
+                ("JELOU_RELAY__STORE__BACKEND", "redis"),
+                ("JELOU_RELAY__STORE__REDIS_URL", "redis://redis:6379"),
+                ("JELOU_RELAY__STORE__TIMEOUT_MS", "0"),
+            ],
+            "config error: store.timeout_ms: must be 1 to 10000 milliseconds",
+        ),
+        (
+            &[
+                ("JELOU_RELAY__STORE__BACKEND", "redis"),
+                ("JELOU_RELAY__STORE__REDIS_URL", "redis://redis:6379"),
+                ("JELOU_RELAY__STORE__EXPECTED_REPLICAS", "0"),
+            ],
+            "config error: store.expected_replicas: must be at least 1",
+        ),
+        (
+            &[("JELOU_RELAY__STORE__BACKEND", "mongodb")],
+            "mongodb for key `store.backend`",
+        ),
+        (
+            &[("JELOU_RELAY__STORE__FAILURE_MODE", "maybe")],
+            "maybe for key `store.failure_mode`",
+        ),
     ];
     for (overrides, expected) in cases {
         let env = production_with(overrides);
@@ -105,7 +140,86 @@ fn production_refuses_each_unsafe_configuration() {
             "{overrides:?}: expected {expected:?} in:\n{stderr}"
         );
         assert!(!stderr.contains(CLIENT_SECRET), "{stderr}");
+        assert!(
+            !stderr.contains("pw-Zq9"),
+            "the Redis password is never shown: {stderr}"
+        );
     }
+}
+
+#[test]
+fn a_redis_url_is_a_secret_shown_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis_url");
+    std::fs::write(&file, "redis://:pw-Zq9-secret@redis.internal:6380/2\n").unwrap();
+    let path = file.to_str().unwrap();
+    let mut env = production_with(&[]);
+    env.extend([
+        ("JELOU_RELAY__STORE__BACKEND", "redis"),
+        ("JELOU_RELAY__STORE__REDIS_URL_FILE", path),
+        ("JELOU_RELAY__STORE__FAILURE_MODE", "fail_closed"),
+        ("JELOU_RELAY__STORE__EXPECTED_REPLICAS", "3"),
+    ]);
+    let (ok, stdout, stderr) = check_config(&env);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(
+            "store: redis redis://redis.internal:6380/2 (fail_closed, expected replicas 3, timeout 200 ms, key prefix \"jelou-relay:\")"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pw-Zq9"), "{stdout}");
+
+    // Both forms at once is a mistake, reported without the value.
+    env.push((
+        "JELOU_RELAY__STORE__REDIS_URL",
+        "redis://:pw-Zq9-other@redis:6379",
+    ));
+    let (ok, _, stderr) = check_config(&env);
+    assert!(!ok);
+    assert!(
+        stderr.contains("config error: store.redis_url_file: set either store.redis_url or store.redis_url_file, not both"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pw-Zq9"), "{stderr}");
+}
+
+#[test]
+fn a_relay_starts_with_redis_unreachable_and_says_so() {
+    // Nothing listens on port 1: the relay still starts, and /readyz reports the store.
+    let relay = RelayProcess::start(&[
+        ("JELOU_RELAY__STORE__BACKEND", "redis"),
+        (
+            "JELOU_RELAY__STORE__REDIS_URL",
+            "redis://:pw-Zq9-secret@127.0.0.1:1/0",
+        ),
+        ("RUST_LOG", "debug"),
+    ]);
+    let url = relay.url("/readyz");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let readiness: serde_json::Value = runtime.block_on(async {
+        let started = std::time::Instant::now();
+        loop {
+            let body: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+            if body["store"]["state"] == "down" || started.elapsed().as_secs() > 10 {
+                return body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    assert_eq!(readiness["status"], "ready");
+    assert_eq!(
+        readiness["store"],
+        serde_json::json!({"backend": "redis", "state": "down", "failure_mode": "fail_open", "target": "redis://127.0.0.1:1/0"})
+    );
+    let (status, body) = post_seed(&relay.url("/v1/flow-messages"));
+    assert_eq!(status, 200, "fail_open: sandbox send goes on: {body}");
+    let output = relay.output();
+    assert!(output.contains("shared store unreachable"), "{output}");
+    assert!(
+        !output.contains("pw-Zq9"),
+        "the password never reaches a log"
+    );
 }
 
 #[test]
