@@ -574,3 +574,27 @@ async fn fail_open_with_a_silent_redis_answers_promptly() {
     app.redis.as_ref().unwrap().resume();
     wait_for_store(&app, "up").await;
 }
+
+#[tokio::test]
+async fn the_redis_host_is_resolved_by_name() {
+    if !redis_available() {
+        return;
+    }
+    let upstream = Upstream::start(Duration::ZERO).await;
+    let redis = RedisServer::start();
+    let mut settings = settings_for(&upstream.uri);
+    use_redis(&mut settings, &redis);
+    // Resolved by the relay's own resolver (/etc/hosts here), as in the scratch image.
+    settings.store.redis_url = Some(format!("redis://localhost:{}/0", redis.port).into());
+    settings.store.failure_mode = FailureMode::FailClosed;
+    let mut app = spawn_with(settings).await;
+    let response = app
+        .send_with(&seed_message(), &[("idempotency-key", "by-name")])
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        redis.cli(&["EXISTS", "jelou-relay:idem:anonymous\u{1f}by-name"]),
+        "1"
+    );
+    app.redis = Some(redis);
+}

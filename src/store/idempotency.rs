@@ -124,13 +124,11 @@ impl IdempotencyStore for RedisIdempotency {
             .arg(&token)
             .arg(lease.as_millis().max(1) as u64)
             .arg(self.retention_ms());
-        let mut connection = self.store.connection();
         let reply: Vec<String> = self
             .store
-            .call(
-                "idempotency_begin",
-                invocation.invoke_async(&mut connection),
-            )
+            .run("idempotency_begin", async |connection| {
+                invocation.invoke_async(connection).await
+            })
             .await?;
         let now: u64 = reply.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
         match (reply.first().map(String::as_str), reply.get(2)) {
@@ -194,13 +192,11 @@ impl IdempotencyStore for RedisIdempotency {
             .arg(hex(reservation.fingerprint))
             .arg(record)
             .arg(self.retention_ms());
-        let mut connection = self.store.connection();
         let _stored: i64 = self
             .store
-            .call(
-                "idempotency_complete",
-                invocation.invoke_async(&mut connection),
-            )
+            .run("idempotency_complete", async |connection| {
+                invocation.invoke_async(connection).await
+            })
             .await?;
         Ok(())
     }
@@ -210,13 +206,11 @@ impl IdempotencyStore for RedisIdempotency {
         invocation
             .key(self.key(&reservation.key))
             .arg(&reservation.token);
-        let mut connection = self.store.connection();
         let _released: i64 = self
             .store
-            .call(
-                "idempotency_release",
-                invocation.invoke_async(&mut connection),
-            )
+            .run("idempotency_release", async |connection| {
+                invocation.invoke_async(connection).await
+            })
             .await?;
         Ok(())
     }

@@ -79,10 +79,11 @@ impl SharedLimiter {
         let burst = rate.burst.max(1);
         let mut invocation = self.script.prepare_invoke();
         invocation.key(self.key(limit)).arg(interval_us).arg(burst);
-        let mut connection = self.store.connection();
         let wait_us: u64 = self
             .store
-            .call("rate_limit", invocation.invoke_async(&mut connection))
+            .run("rate_limit", async |connection| {
+                invocation.invoke_async(connection).await
+            })
             .await?;
         Ok((wait_us > 0).then(|| Duration::from_micros(wait_us)))
     }

@@ -1,6 +1,6 @@
-//! The shared store (Redis): one managed, multiplexed connection for every replica's
-//! rate-limit state and idempotency keys, a timeout on every call, and a health flag
-//! that `/readyz`, the fallbacks and the metrics read.
+//! The shared store (Redis): one multiplexed connection, re-established when lost, for
+//! every replica's rate-limit state and idempotency keys; a timeout on every call; and a
+//! health flag that `/readyz`, the fallbacks and the metrics read.
 
 pub mod idempotency;
 pub mod limits;
@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -83,7 +84,7 @@ impl Store {
 
 /// One Redis connection shared by every request.
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     prefix: String,
     timeout: Duration,
     target: String,
@@ -112,16 +113,16 @@ impl RedisStore {
                 describe(&error)
             )
         })?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            // One connection attempt per reconnection: the pinger tries again soon, and
-            // no request waits behind a long reconnection schedule.
-            .set_number_of_retries(0)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, manager)
-            .map_err(|error| format!("Redis client for {}: {}", config.target, describe(&error)))?;
+        let connection = Connection {
+            client,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(config.timeout))
+                .set_response_timeout(Some(config.timeout))
+                // Names resolve without the C library's resolver (absent from the
+                // static, scratch container image).
+                .set_dns_resolver(HickoryResolver::default()),
+            current: tokio::sync::Mutex::new(None),
+        };
         let store = Arc::new(RedisStore {
             connection,
             prefix: config.key_prefix.clone(),
@@ -157,9 +158,13 @@ impl RedisStore {
         key
     }
 
-    /// A connection handle (cheap: the connection is multiplexed).
-    pub fn connection(&self) -> ConnectionManager {
-        self.connection.clone()
+    /// Runs `command` on the shared connection, connecting first if there is none; a
+    /// connection that failed is dropped, and the next call connects anew.
+    pub async fn run<T, F>(&self, op: &'static str, command: F) -> Result<T, StoreError>
+    where
+        F: AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+    {
+        self.call(op, self.connection.run(command)).await
     }
 
     /// Runs one Redis call under the store timeout, timing it and keeping the health
@@ -190,10 +195,14 @@ impl RedisStore {
         let outcome = match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(("error", describe(&error))),
-            Err(_elapsed) => Err((
-                "timeout",
-                format!("no answer within {} ms", self.timeout.as_millis()),
-            )),
+            Err(_elapsed) => {
+                // A connection that does not answer may never answer: start afresh.
+                self.connection.reset();
+                Err((
+                    "timeout",
+                    format!("no answer within {} ms", self.timeout.as_millis()),
+                ))
+            }
         };
         let label = if outcome.is_ok() { "ok" } else { "error" };
         metrics::histogram!(crate::metrics::STORE_DURATION, "op" => op, "result" => label)
@@ -232,14 +241,108 @@ impl RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection();
-        self.timed("ping", async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut connection)
-                .await
-        })
+        self.timed(
+            "ping",
+            self.connection
+                .run(async |connection: &mut MultiplexedConnection| {
+                    redis::cmd("PING").query_async::<String>(connection).await
+                }),
+        )
         .await
         .map(drop)
+    }
+}
+
+/// The multiplexed connection, made on first use and again after a failure.
+struct Connection {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    current: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Connection {
+    async fn get(&self) -> redis::RedisResult<MultiplexedConnection> {
+        // One connection attempt at a time; the others wait for it (within their timeout).
+        let mut current = self.current.lock().await;
+        if let Some(connection) = current.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        *current = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn run<T, F>(&self, command: F) -> redis::RedisResult<T>
+    where
+        F: AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+    {
+        let mut connection = self.get().await?;
+        let result = command(&mut connection).await;
+        if let Err(error) = &result
+            && (error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_timeout()
+                || error.is_unrecoverable_error())
+        {
+            self.current.lock().await.take();
+        }
+        result
+    }
+
+    /// Drops the connection (after a timeout: it may be stuck), unless a connection
+    /// attempt is under way.
+    fn reset(&self) {
+        if let Ok(mut current) = self.current.try_lock() {
+            current.take();
+        }
+    }
+}
+
+/// Name resolution with hickory (`/etc/hosts`, then `/etc/resolv.conf`).
+#[derive(Default, Clone)]
+struct HickoryResolver {
+    resolver: Arc<std::sync::OnceLock<Result<hickory_resolver::TokioResolver, String>>>,
+}
+
+impl redis::io::AsyncDNSResolver for HickoryResolver {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        host: &'b str,
+        port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
+        Box::pin(async move {
+            let unresolved = |detail: String| {
+                redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::NotFound, detail))
+            };
+            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                let addrs: Box<dyn Iterator<Item = std::net::SocketAddr> + Send> =
+                    Box::new(std::iter::once(std::net::SocketAddr::new(ip, port)));
+                return Ok(addrs);
+            }
+            let resolver = self
+                .resolver
+                .get_or_init(|| {
+                    hickory_resolver::TokioResolver::builder_tokio()
+                        .and_then(|builder| builder.build())
+                        .map_err(|error| error.to_string())
+                })
+                .as_ref()
+                .map_err(|error| unresolved(format!("no DNS configuration: {error}")))?;
+            let lookup = resolver
+                .lookup_ip(host)
+                .await
+                .map_err(|error| unresolved(format!("cannot resolve {host}: {error}")))?;
+            let addrs: Vec<std::net::SocketAddr> = lookup
+                .iter()
+                .map(|ip| std::net::SocketAddr::new(ip, port))
+                .collect();
+            let addrs: Box<dyn Iterator<Item = std::net::SocketAddr> + Send> =
+                Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
     }
 }
 
