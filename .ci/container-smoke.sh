@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Container smoke test: build the runtime image with a locally built static binary
 # standing in for the builder stage, run it, reach the Jelou simulator by host name,
-# send a message, then SIGTERM it and check it exits 0 within the drain period.
+# keep its idempotency keys in a Redis also reached by host name, send a message, then
+# SIGTERM it and check it exits 0 within the drain period.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,20 +35,25 @@ echo "image size: $size bytes ($((size / 1024 / 1024)) MiB)"
 echo "-- run"
 sim_port=18381
 relay_port=18380
+redis_port=18382
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+  > target/smoke-redis.log 2>&1 &
+redis=$!
 "$binary" simulate --host 127.0.0.1 --port "$sim_port" --client-id demo --client-secret demo-secret \
   > target/smoke-simulator.log 2>&1 &
 simulator=$!
 container=jelou-relay-smoke
 cleanup() {
   podman --runtime runc rm -f "$container" > /dev/null 2>&1 || true
-  kill "$simulator" 2> /dev/null || true
+  kill "$simulator" "$redis" 2> /dev/null || true
 }
 trap cleanup EXIT
 podman --runtime runc rm -f "$container" > /dev/null 2>&1 || true
-# The upstream is named, not an IP: name resolution must work inside the scratch image.
+# The upstream and Redis are named, not IPs: name resolution must work inside the
+# scratch image (no C library resolver there).
 podman --runtime runc run -d --pull=never --name "$container" \
   --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
-  --network host --add-host jelou-sim:127.0.0.1 \
+  --network host --add-host jelou-sim:127.0.0.1 --add-host redis-host:127.0.0.1 \
   -e APP_ENVIRONMENT=local \
   -e JELOU_RELAY__SERVER__HOST=127.0.0.1 \
   -e JELOU_RELAY__SERVER__PORT=$relay_port \
@@ -58,6 +64,9 @@ podman --runtime runc run -d --pull=never --name "$container" \
   -e JELOU_RELAY__UPSTREAM__BASE_URL=http://jelou-sim:$sim_port \
   -e JELOU_RELAY__BOTS__VENTAS__CLIENT_ID=demo \
   -e JELOU_RELAY__BOTS__VENTAS__CLIENT_SECRET=demo-secret \
+  -e JELOU_RELAY__STORE__BACKEND=redis \
+  -e JELOU_RELAY__STORE__FAILURE_MODE=fail_closed \
+  -e JELOU_RELAY__STORE__REDIS_URL=redis://redis-host:$redis_port/0 \
   jelou-relay:smoke serve > /dev/null
 
 started=$(date +%s%N)
@@ -71,11 +80,15 @@ podman --runtime runc exec "$container" /jelou-relay healthcheck --port $relay_p
 echo "healthcheck subcommand: ok"
 
 answer=$(curl -sS "http://127.0.0.1:$relay_port/v1/flow-messages" -H 'content-type: application/json' \
+  -H 'idempotency-key: smoke-1' \
   -d '{"to":"+593 98 765 4321","title":"Hola","text":"Completa este flujo para comenzar","caption":"Jelou","flow":{"name":"flujo_de_bienvenida","cta":"Iniciar Flujo","screen":"RECOMMEND"}}')
 echo "$answer"
 echo "$answer" | grep -q '"status":"sent"' || { podman logs "$container"; exit 1; }
 curl -fsS "http://127.0.0.1:$sim_port/_simulator/stats" | grep -q '"received":1'
 echo "the simulator, reached as jelou-sim, received the message"
+redis-cli -p "$redis_port" --scan --pattern 'jelou-relay:idem:*' | grep -q 'smoke-1'
+curl -fsS "http://127.0.0.1:$relay_port/readyz" | grep -q '"backend":"redis","state":"up"'
+echo "the answer is stored in Redis, reached as redis-host"
 
 echo "-- SIGTERM"
 stop_started=$(date +%s)

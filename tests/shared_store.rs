@@ -598,3 +598,55 @@ async fn the_redis_host_is_resolved_by_name() {
     );
     app.redis = Some(redis);
 }
+
+#[test]
+fn redis_over_tls_is_verified_against_the_trusted_roots() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tls = common::redis_server::TlsFiles::generate(dir.path());
+    let redis = RedisServer::start_tls(tls.clone());
+    let url = format!("rediss://localhost:{}/0", redis.port);
+    let base = [
+        ("JELOU_RELAY__STORE__BACKEND", "redis"),
+        ("JELOU_RELAY__STORE__REDIS_URL", url.as_str()),
+        ("JELOU_RELAY__STORE__FAILURE_MODE", "fail_closed"),
+    ];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let send = |relay: &RelayProcess, key: &str| {
+        let url = relay.url("/v1/flow-messages");
+        runtime.block_on(post(
+            &client,
+            &url,
+            &seed_message(),
+            &[("idempotency-key", key)],
+        ))
+    };
+
+    // Trusting the CA that signed Redis's certificate: the store works over TLS.
+    let mut trusting = base.to_vec();
+    trusting.push(("SSL_CERT_FILE", tls.ca.as_str()));
+    let relay = RelayProcess::start(&trusting);
+    let (status, _, body) = send(&relay, "over-tls");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        redis.cli(&["EXISTS", "jelou-relay:idem:anonymous\u{1f}over-tls"]),
+        "1"
+    );
+
+    // Not trusting it: the certificate is refused, Redis counts as unreachable.
+    let mut untrusting = base.to_vec();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    untrusting.push(("SSL_CERT_FILE", empty.to_str().unwrap()));
+    let relay = RelayProcess::start(&untrusting);
+    let (status, _, body) = send(&relay, "untrusted");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "overloaded");
+    assert_eq!(
+        redis.cli(&["EXISTS", "jelou-relay:idem:anonymous\u{1f}untrusted"]),
+        "0"
+    );
+}

@@ -37,12 +37,105 @@ pub fn redis_available() -> bool {
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// TLS only: the server's certificate and key, and the CA that signed it.
+    tls: Option<TlsFiles>,
+}
+
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl TlsFiles {
+    /// A CA, and a certificate it signs for `localhost` and 127.0.0.1, made with openssl.
+    pub fn generate(dir: &std::path::Path) -> TlsFiles {
+        let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+        let files = TlsFiles {
+            ca: path("ca.pem"),
+            cert: path("server.pem"),
+            key: path("server.key"),
+        };
+        let (ca_key, csr, ext) = (path("ca.key"), path("server.csr"), path("san.ext"));
+        std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl runs");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &files.ca,
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &files.key,
+            "-out",
+            &csr,
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &files.ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &files.cert,
+        ]);
+        files
+    }
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
         let port = free_port();
-        let mut server = RedisServer { child: None, port };
+        let mut server = RedisServer {
+            child: None,
+            port,
+            tls: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// A server that speaks TLS only, on `port`.
+    pub fn start_tls(files: TlsFiles) -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            tls: Some(files),
+        };
         server.spawn();
         server
     }
@@ -53,10 +146,27 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some(tls) => command.args([
                 "--port",
-                &self.port.to_string(),
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                &tls.cert,
+                "--tls-key-file",
+                &tls.key,
+                "--tls-ca-cert-file",
+                &tls.ca,
+                "--tls-auth-clients",
+                "no",
+            ]),
+        };
+        let child = command
+            .args([
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -78,8 +188,11 @@ impl RedisServer {
         }
     }
 
-    /// A raw `PING` gets `+PONG` within 200 ms.
+    /// A raw `PING` gets `+PONG` within 200 ms (through `redis-cli` for TLS).
     pub fn answers(&self) -> bool {
+        if self.tls.is_some() {
+            return self.cli(&["PING"]) == "PONG";
+        }
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
@@ -122,11 +235,12 @@ impl RedisServer {
 
     /// Runs a command with `redis-cli` (for assertions on what the relay stored).
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string()]);
+        if let Some(tls) = &self.tls {
+            command.args(["--tls", "--cacert", &tls.ca]);
+        }
+        let output = command.args(args).output().expect("redis-cli runs");
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 }
