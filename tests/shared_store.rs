@@ -650,3 +650,119 @@ fn redis_over_tls_is_verified_against_the_trusted_roots() {
         "0"
     );
 }
+
+/// Four senders keep sending while Redis is stopped, then restarted. Every answer comes
+/// within the request's deadline and is what the failure mode promises; Jelou receives
+/// exactly the messages answered as sent; sending recovers without a restart.
+async fn redis_stopped_in_the_middle_of_traffic(mode: FailureMode) {
+    let upstream = Upstream::start(Duration::ZERO).await;
+    let mut app = spawn_on_redis(redis_settings(&upstream.uri, mode)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let senders: Vec<_> = (0..4)
+        .map(|sender| {
+            let (client, url) = (app.client.clone(), app.url("/v1/flow-messages"));
+            let (stop, answers) = (stop.clone(), answers.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("s{sender}-{i}");
+                    let started = Instant::now();
+                    let (status, _, body) = post(
+                        &client,
+                        &url,
+                        &message_to(sender * 10_000 + i),
+                        &[("idempotency-key", &key), ("x-request-timeout-ms", "1500")],
+                    )
+                    .await;
+                    answers
+                        .lock()
+                        .unwrap()
+                        .push((Instant::now(), started.elapsed(), status, body));
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    app.redis.as_mut().unwrap().stop();
+    let stopped_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    app.redis.as_mut().unwrap().restart();
+    let restarted_at = Instant::now();
+    wait_for_store(&app, "up").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for sender in senders {
+        sender.await.unwrap();
+    }
+
+    let answers = answers.lock().unwrap();
+    let sent = answers
+        .iter()
+        .filter(|(_, _, status, _)| *status == 200)
+        .count();
+    for (_, elapsed, status, body) in answers.iter() {
+        assert!(
+            *elapsed < Duration::from_millis(2500),
+            "answered within its deadline: {elapsed:?} {status} {body}"
+        );
+        match (mode, status) {
+            (_, 200) => assert_eq!(body["status"], "sent"),
+            (FailureMode::FailClosed, 503) => {
+                assert_eq!(body["code"], "overloaded");
+                assert_eq!(body["delivery"], "not_sent");
+            }
+            _ => panic!("{mode:?}: unexpected {status} {body}"),
+        }
+    }
+    let during = |from: Instant, to: Instant| {
+        answers
+            .iter()
+            .filter(move |(at, ..)| *at > from && *at < to)
+            .map(|(_, _, status, _)| *status)
+            .collect::<Vec<_>>()
+    };
+    // Well inside the outage: fail_open sends, fail_closed refuses.
+    let outage = during(
+        stopped_at + Duration::from_millis(300),
+        restarted_at - Duration::from_millis(100),
+    );
+    assert!(!outage.is_empty());
+    let expected = match mode {
+        FailureMode::FailOpen => 200,
+        FailureMode::FailClosed => 503,
+    };
+    assert!(
+        outage.iter().all(|s| *s == expected),
+        "{mode:?}: {outage:?}"
+    );
+    // After Redis is back: sending again, on Redis.
+    let after = during(restarted_at + Duration::from_millis(600), Instant::now());
+    assert!(
+        !after.is_empty() && after.iter().all(|s| *s == 200),
+        "{after:?}"
+    );
+    assert_eq!(readiness(&app).await["store"]["state"], "up");
+    assert_eq!(
+        upstream.calls(),
+        sent,
+        "Jelou got exactly the messages answered as sent"
+    );
+}
+
+#[tokio::test]
+async fn fail_open_through_a_redis_restart_under_traffic() {
+    if redis_available() {
+        redis_stopped_in_the_middle_of_traffic(FailureMode::FailOpen).await;
+    }
+}
+
+#[tokio::test]
+async fn fail_closed_through_a_redis_restart_under_traffic() {
+    if redis_available() {
+        redis_stopped_in_the_middle_of_traffic(FailureMode::FailClosed).await;
+    }
+}

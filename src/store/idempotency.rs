@@ -255,7 +255,7 @@ impl IdempotencyStore for SharedIdempotency {
                 match self.mode {
                     FailureMode::FailClosed => Err(error),
                     FailureMode::FailOpen => {
-                        tracing::warn!(%error, "Idempotency-Key kept by this replica only: the shared store is unreachable (fail_open)");
+                        tracing::debug!(%error, "Idempotency-Key kept by this replica only: the shared store is unreachable (fail_open)");
                         self.local.begin(key, fingerprint, lease).await
                     }
                 }
