@@ -460,7 +460,12 @@ def main():
     parser.add_argument("--smoke", action="store_true",
                         help="a short run that checks the harness works (CI)")
     parser.add_argument("--skip-build", action="store_true")
+    parser.add_argument("--binary", help="a jelou-relay binary to use instead of building one")
     args = parser.parse_args()
+    global BIN
+    if args.binary:
+        BIN = Path(args.binary).resolve()
+        args.skip_build = True
     if args.smoke:
         args.levels, args.duration, args.rounds = "1,16", 2, 1
         args.pressure_connections, args.pressure_duration, args.startup_runs = 500, 3, 3
