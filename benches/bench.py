@@ -88,6 +88,15 @@ def wait_http(port, path="/", timeout=20.0, want=None):
     raise SystemExit(f"nothing answered on port {port}{path} within {timeout} s")
 
 
+def port_taken(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return False
+        except OSError:
+            return True
+
+
 def http_status(port, path):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
@@ -484,6 +493,11 @@ def main():
         subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "jelou-relay"],
                        cwd=ROOT, check=True)
 
+    busy = [port for port in (PORT_SIM, PORT_NGINX, PORT_RELAY, PORT_ADMIN, PORT_SLOW_SIM,
+                              PORT_PRESSURE, PORT_PRESSURE_ADMIN, PORT_STARTUP, PORT_STARTUP_ADMIN)
+            if http_status(port, "/") is not None or port_taken(port)]
+    if busy:
+        raise SystemExit(f"ports already in use: {busy}; stop whatever listens there first")
     work = Path(tempfile.mkdtemp(prefix="jelou-bench-"))
     procs = Processes()
     try:
@@ -505,6 +519,9 @@ def main():
         wait_http(PORT_SLOW_SIM, "/_simulator/stats", want=200)
         wait_http(PORT_NGINX, "/_simulator/stats", want=200)
         wait_http(PORT_RELAY, "/readyz", want=200)
+        for child in (sim, slow, nginx, relay):
+            if child.poll() is not None:
+                raise SystemExit(f"{child.args[0]} exited at start (logs in {work})")
         targets = [
             Target("direct", f"http://127.0.0.1:{PORT_SIM}{JELOU_PATH}", JELOU_BODY,
                    {"Authorization": BASIC}, [sim.pid]),
