@@ -197,14 +197,24 @@ impl MemoryStore {
 
     /// Keeps `answer` for `key` whether or not the key was claimed here.
     pub fn remember(&self, key: &str, fingerprint: Fingerprint, answer: StoredAnswer) {
-        let now = Instant::now();
         let mut entries = self.lock();
-        entries.evict(now, self.max_keys);
+        entries.evict(Instant::now(), self.max_keys);
+        self.keep_answer(&mut entries, key, fingerprint, answer);
+    }
+
+    /// Stores `answer` under `key` for the retention period.
+    fn keep_answer(
+        &self,
+        entries: &mut Entries,
+        key: &str,
+        fingerprint: Fingerprint,
+        answer: StoredAnswer,
+    ) {
         entries.insert(
             key,
             Entry {
                 fingerprint,
-                expires_at: now + self.retention,
+                expires_at: Instant::now() + self.retention,
                 slot: Slot::Done(answer),
             },
         );
@@ -296,20 +306,12 @@ impl IdempotencyStore for MemoryStore {
         reservation: &Reservation,
         answer: StoredAnswer,
     ) -> Result<(), StoreError> {
-        let now = Instant::now();
         let key = reservation.key.as_str();
         let mut entries = self.lock();
         let Some(fingerprint) = entries.by_key.get(key).map(|e| e.fingerprint) else {
             return Ok(());
         };
-        entries.insert(
-            key,
-            Entry {
-                fingerprint,
-                expires_at: now + self.retention,
-                slot: Slot::Done(answer),
-            },
-        );
+        self.keep_answer(&mut entries, key, fingerprint, answer);
         Ok(())
     }
 

@@ -102,6 +102,19 @@ impl RedisIdempotency {
         self.store.key(&["idem", key])
     }
 
+    /// Runs one of the scripts on the shared connection.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.store
+            .run(op, async |connection| {
+                invocation.invoke_async(connection).await
+            })
+            .await
+    }
+
     fn retention_ms(&self) -> u64 {
         self.retention.as_millis().max(1) as u64
     }
@@ -124,12 +137,7 @@ impl IdempotencyStore for RedisIdempotency {
             .arg(&token)
             .arg(lease.as_millis().max(1) as u64)
             .arg(self.retention_ms());
-        let reply: Vec<String> = self
-            .store
-            .run("idempotency_begin", async |connection| {
-                invocation.invoke_async(connection).await
-            })
-            .await?;
+        let reply: Vec<String> = self.invoke("idempotency_begin", &invocation).await?;
         let now: u64 = reply.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
         match (reply.first().map(String::as_str), reply.get(2)) {
             (Some("proceed"), _) => Ok(Begin::Proceed(Reservation {
@@ -192,12 +200,7 @@ impl IdempotencyStore for RedisIdempotency {
             .arg(hex(reservation.fingerprint))
             .arg(record)
             .arg(self.retention_ms());
-        let _stored: i64 = self
-            .store
-            .run("idempotency_complete", async |connection| {
-                invocation.invoke_async(connection).await
-            })
-            .await?;
+        let _stored: i64 = self.invoke("idempotency_complete", &invocation).await?;
         Ok(())
     }
 
@@ -206,12 +209,7 @@ impl IdempotencyStore for RedisIdempotency {
         invocation
             .key(self.key(&reservation.key))
             .arg(&reservation.token);
-        let _released: i64 = self
-            .store
-            .run("idempotency_release", async |connection| {
-                invocation.invoke_async(connection).await
-            })
-            .await?;
+        let _released: i64 = self.invoke("idempotency_release", &invocation).await?;
         Ok(())
     }
 }
