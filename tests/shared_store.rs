@@ -699,7 +699,7 @@ async fn redis_stopped_in_the_middle_of_traffic(mode: FailureMode) {
         sender.await.unwrap();
     }
 
-    let answers = answers.lock().unwrap();
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
     let sent = answers
         .iter()
         .filter(|(_, _, status, _)| *status == 200)
