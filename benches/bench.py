@@ -386,8 +386,11 @@ def machine():
             cpu = line.split(":", 1)[1].strip()
             break
     mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    version = lambda args: subprocess.run(args, capture_output=True, text=True).stderr.strip() or \
-        subprocess.run(args, capture_output=True, text=True).stdout.strip()  # noqa: E731
+
+    def version(args):
+        # nginx prints its version on stderr, the others on stdout.
+        done = subprocess.run(args, capture_output=True, text=True)
+        return done.stderr.strip() or done.stdout.strip()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -157,18 +157,23 @@ fn summary(config: &RelayConfig) -> String {
     lines.join("\n")
 }
 
+/// The multi-threaded runtime `serve` and `simulate` run on.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(&format!("cannot start the async runtime: {e}")))
+}
+
 fn serve(config: RelayConfig, settings: Settings) -> ExitCode {
     // Kept until the end of `serve`, so spans still buffered are exported on exit.
     let _telemetry = match telemetry::init(&settings.log, &settings.otlp) {
         Ok(guard) => guard,
         Err(message) => return fail(&message),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let application = match Application::build(&config).await {
@@ -241,12 +246,9 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         failure_status: args.failure_status,
         retry_after: args.retry_after,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let (listener, address) =

@@ -325,7 +325,7 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
             )
             .await
             .map_err(|_elapsed| {
-                ApiError::Delivery(crate::delivery::rate_limit::refused(
+                ApiError::Delivery(DeliveryFailure::refused(
                     FailureKind::DeadlineExceeded,
                     "the deadline passed while the Idempotency-Key was being checked; nothing was sent".into(),
                     None,
@@ -429,9 +429,6 @@ async fn deliver(
         } else {
             state.idempotency.release(&key).await
         };
-        if stored.is_err() {
-            crate::store::count_unavailable("idempotency", state.store.failure_mode());
-        }
         if let Err(error) = stored {
             tracing::error!(%error, "could not record the idempotent answer");
         }

@@ -39,7 +39,7 @@ impl Default for Readiness {
 
 #[derive(Serialize, ToSchema)]
 pub struct HealthStatus {
-    /// `ok`, `ready` or `draining`.
+    /// `ok`.
     pub status: &'static str,
 }
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
 
-use super::rate_limit::refused;
 use super::{
     Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, FailureKind, Outbound, WaitQueue,
 };
@@ -60,7 +59,7 @@ impl<S: DeliveryInner> Service<Outbound> for Concurrency<S> {
         Box::pin(async move {
             let overloaded = || {
                 metrics::counter!(crate::metrics::SHED, "where" => "delivery_queue").increment(1);
-                refused(
+                DeliveryFailure::refused(
                     FailureKind::Overloaded,
                     "the relay is at its limit of requests to Jelou; retry shortly".into(),
                     Some(Duration::from_secs(1)),

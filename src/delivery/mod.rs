@@ -116,6 +116,20 @@ pub struct DeliveryFailure {
     pub retry_after: Option<Duration>,
 }
 
+impl DeliveryFailure {
+    /// A refusal before anything was sent.
+    pub fn refused(kind: FailureKind, detail: String, retry_after: Option<Duration>) -> Self {
+        DeliveryFailure {
+            kind,
+            delivery: DeliveryState::NotSent,
+            attempts: 0,
+            detail,
+            upstream: None,
+            retry_after,
+        }
+    }
+}
+
 /// The whole outbound path as one cloneable service.
 pub type DeliveryService = BoxCloneSyncService<Outbound, Delivered, DeliveryFailure>;
 

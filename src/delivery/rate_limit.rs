@@ -16,8 +16,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use super::{
-    Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, DeliveryState, FailureKind,
-    Outbound, WaitQueue,
+    Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, FailureKind, Outbound, WaitQueue,
 };
 use crate::config::{BotRegistry, FailureMode, RateSettings};
 use crate::store::RedisStore;
@@ -94,19 +93,13 @@ fn divided(rate: &RateSettings, share: u32) -> RateSettings {
     }
 }
 
-/// The budget every replica shares, in Redis.
-#[derive(Debug)]
-struct SharedLimits {
-    limiter: SharedLimiter,
-    bot_rates: HashMap<String, RateSettings>,
-    recipients: RateSettings,
-}
-
 /// The limiters, shared by every request.
 #[derive(Debug)]
 pub struct Limits {
     local: LocalLimits,
-    shared: Option<SharedLimits>,
+    /// The budget every replica shares, in Redis.
+    shared: Option<SharedLimiter>,
+    recipients: RateSettings,
     max_wait: Duration,
     queue: WaitQueue,
 }
@@ -121,6 +114,7 @@ impl Limits {
         Limits {
             local: LocalLimits::new(bots, recipients, 1),
             shared: None,
+            recipients: *recipients,
             max_wait,
             queue,
         }
@@ -135,39 +129,29 @@ impl Limits {
         queue: WaitQueue,
         store: Arc<RedisStore>,
     ) -> Self {
-        let bot_rates = bots
-            .aliases()
-            .filter_map(|alias| bots.resolve(Some(alias)).ok())
-            .map(|bot| (bot.alias.clone(), bot.rate))
-            .collect();
         Limits {
             local: LocalLimits::new(bots, recipients, store.expected_replicas),
-            shared: Some(SharedLimits {
-                limiter: SharedLimiter::new(store),
-                bot_rates,
-                recipients: *recipients,
-            }),
+            shared: Some(SharedLimiter::new(store)),
+            recipients: *recipients,
             max_wait,
             queue,
         }
     }
 
-    /// `Ok(None)`: a cell was taken. `Ok(Some(wait))`: none is free for `wait`.
-    async fn wait_for(&self, limit: Limit<'_>) -> Result<Option<Duration>, DeliveryFailure> {
+    /// `Ok(None)`: a cell of `limit` (at `rate`) was taken. `Ok(Some(wait))`: none is
+    /// free for `wait`.
+    async fn wait_for(
+        &self,
+        limit: Limit<'_>,
+        rate: &RateSettings,
+    ) -> Result<Option<Duration>, DeliveryFailure> {
         let Some(shared) = &self.shared else {
             return Ok(self.local.wait_for(limit));
         };
-        let rate = match limit {
-            Limit::Bot(alias) => match shared.bot_rates.get(alias) {
-                Some(rate) => rate,
-                None => return Ok(None),
-            },
-            Limit::Recipient { .. } => &shared.recipients,
-        };
-        match shared.limiter.check(limit, rate).await {
+        match shared.check(limit, rate).await {
             Ok(wait) => Ok(wait),
             Err(error) => {
-                let mode = shared.limiter.store().failure_mode;
+                let mode = shared.store().failure_mode;
                 crate::store::count_unavailable("rate_limit", mode);
                 match mode {
                     FailureMode::FailOpen => {
@@ -176,7 +160,7 @@ impl Limits {
                     }
                     FailureMode::FailClosed => {
                         tracing::warn!(%error, "send refused: the shared rate-limit store is unreachable (fail_closed)");
-                        Err(refused(
+                        Err(DeliveryFailure::refused(
                             FailureKind::Overloaded,
                             "the shared rate-limit store is unreachable; nothing was sent, retry shortly".into(),
                             Some(Duration::from_secs(1)),
@@ -193,16 +177,17 @@ impl Limits {
         what: &str,
         deadline: Instant,
         limit: Limit<'_>,
+        rate: &RateSettings,
     ) -> Result<(), DeliveryFailure> {
         loop {
-            let Some(wait) = self.wait_for(limit).await? else {
+            let Some(wait) = self.wait_for(limit, rate).await? else {
                 return Ok(());
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if wait > self.max_wait.min(remaining) {
                 metrics::counter!(crate::metrics::RATE_LIMIT_REJECTIONS, "limit" => what.to_string())
                     .increment(1);
-                return Err(refused(
+                return Err(DeliveryFailure::refused(
                     FailureKind::RateLimited,
                     format!("the {what} rate limit is reached; retry after the given time"),
                     Some(wait),
@@ -210,7 +195,7 @@ impl Limits {
             }
             let _slot = self.queue.enter().ok_or_else(|| {
                 metrics::counter!(crate::metrics::SHED, "where" => "rate_limit_queue").increment(1);
-                refused(
+                DeliveryFailure::refused(
                     FailureKind::Overloaded,
                     "too many requests are waiting for capacity; retry shortly".into(),
                     Some(Duration::from_secs(1)),
@@ -223,22 +208,6 @@ impl Limits {
             );
             tokio::time::sleep(wait).await;
         }
-    }
-}
-
-/// A refusal before anything was sent.
-pub fn refused(
-    kind: FailureKind,
-    detail: String,
-    retry_after: Option<Duration>,
-) -> DeliveryFailure {
-    DeliveryFailure {
-        kind,
-        delivery: DeliveryState::NotSent,
-        attempts: 0,
-        detail,
-        upstream: None,
-        retry_after,
     }
 }
 
@@ -287,10 +256,20 @@ impl<S: DeliveryInner> Service<Outbound> for RateLimit<S> {
             let bot = outbound.bot.alias.as_str();
             let to = outbound.recipient.as_str();
             limits
-                .acquire("recipient", outbound.deadline, Limit::Recipient { bot, to })
+                .acquire(
+                    "recipient",
+                    outbound.deadline,
+                    Limit::Recipient { bot, to },
+                    &limits.recipients,
+                )
                 .await?;
             limits
-                .acquire("bot", outbound.deadline, Limit::Bot(bot))
+                .acquire(
+                    "bot",
+                    outbound.deadline,
+                    Limit::Bot(bot),
+                    &outbound.bot.rate,
+                )
                 .await?;
             inner.oneshot(outbound).await
         })

@@ -56,14 +56,6 @@ impl Store {
         }
     }
 
-    /// How sends meet an unreachable store (`fail_open` for memory, which never is).
-    pub fn failure_mode(&self) -> FailureMode {
-        match self {
-            Store::Memory => FailureMode::FailOpen,
-            Store::Redis(redis) => redis.failure_mode,
-        }
-    }
-
     pub fn status(&self) -> StoreStatus {
         match self {
             Store::Memory => StoreStatus {
