@@ -6,35 +6,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::MatchedPath;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{Request, header};
+use http::header;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
-use tracing::Span;
 use url::Url;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::auth::{Authenticated, Gate, authenticate};
+use crate::api::auth::{Gate, authenticate};
 use crate::api::flow_messages::send_flow_message;
 use crate::api::health::{Readiness, healthz, readyz};
 use crate::api::limits::{header_size, shed_overload};
+use crate::api::observe::{MakeRequestUuid, observe};
 use crate::api::openapi::ApiDoc;
 use crate::api::request_id::{X_REQUEST_ID, drop_unacceptable};
-use crate::api::trace_context::{TraceContext, continue_trace};
 use crate::api::{ApiError, RequestId};
 use crate::config::{BotRegistry, RelayConfig, UpstreamMode};
 use crate::delivery::idempotency::{IdempotencyStore, MemoryStore};
@@ -42,6 +38,7 @@ use crate::delivery::{self, DeliveryService};
 use crate::jelou::{JelouClient, Sandbox};
 use crate::store::Store;
 use crate::store::idempotency::SharedIdempotency;
+use crate::workers::Workers;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -74,9 +71,11 @@ impl AppState {
         let store = Store::open(&config.store)?;
         let delivery = match config.mode {
             UpstreamMode::Sandbox => delivery::stack(config, Sandbox, &store),
-            UpstreamMode::Jelou => {
-                delivery::stack(config, JelouClient::new(config.connect_timeout)?, &store)
-            }
+            UpstreamMode::Jelou => delivery::stack(
+                config,
+                JelouClient::new(config.connect_timeout, config.workers)?,
+                &store,
+            ),
         };
         let retention = config.idempotency.retention;
         let idempotency: Arc<dyn IdempotencyStore> = match &store {
@@ -108,20 +107,27 @@ impl AppState {
 }
 
 /// The routes and the inbound stack, kept apart from `main` so tests can drive it.
+///
+/// The inbound stack is one `layer` call of concrete services: axum boxes a route once
+/// per `layer`/`route_layer` call and clones every box below a layer on each request,
+/// so nesting them costs allocations on the hot path.
 pub fn router(state: AppState) -> Router {
+    let header_limit = state.max_header_bytes;
     let api = Router::new()
         .route("/v1/flow-messages", post(send_flow_message))
-        // Route layers run outer-last: shedding first, so an overloaded relay spends
-        // nothing on a request; then the caller's key and rate.
-        .route_layer(middleware::from_fn_with_state(
-            state.gate.clone(),
-            authenticate,
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            state.permits.clone(),
-            shed_overload,
-        ));
-    let header_limit = state.max_header_bytes;
+        // Outer to inner: shedding first, so an overloaded relay spends nothing on a
+        // request; then the caller's key and rate.
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn_with_state(
+                    state.permits.clone(),
+                    shed_overload,
+                ))
+                .layer(middleware::from_fn_with_state(
+                    state.gate.clone(),
+                    authenticate,
+                )),
+        );
     let routes = api
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -132,6 +138,8 @@ pub fn router(state: AppState) -> Router {
 
     // Inbound stack, outer to inner.
     let inbound = ServiceBuilder::new()
+        // A hostile or malformed caller id is dropped before one is assigned.
+        .map_request(drop_unacceptable)
         .layer(SetRequestIdLayer::new(
             X_REQUEST_ID.clone(),
             MakeRequestUuid,
@@ -141,90 +149,15 @@ pub fn router(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
         ]))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_response(request_finished)
-                // Failures are logged once, by the handler, at the level they deserve.
-                .on_failure(()),
-        )
+        // The span, the trace context, the request metrics and the final log line.
+        .layer(middleware::from_fn(observe))
         // Last line of defence: a panic becomes a problem+json 500, never a dropped connection.
         .layer(CatchPanicLayer::custom(|_panic| {
             tracing::error!("handler panicked");
             ApiError::Internal.into_problem("unknown").into_response()
-        }));
-    routes
-        .layer(middleware::from_fn(continue_trace))
-        .layer(middleware::from_fn(record_request))
-        .layer(middleware::from_fn_with_state(header_limit, header_size))
-        .layer(inbound)
-        // Outermost: a hostile or malformed caller id is dropped before one is assigned.
-        .layer(middleware::from_fn(drop_unacceptable))
-}
-
-/// One span per request; the handler fills in bot, recipient and outcome.
-fn request_span(request: &Request<Body>) -> Span {
-    let request_id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let span = tracing::info_span!(
-        "request",
-        request_id,
-        method = %request.method(),
-        path = request.uri().path(),
-        trace_id = tracing::field::Empty,
-        caller = tracing::field::Empty,
-        bot = tracing::field::Empty,
-        to = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-        upstream_status = tracing::field::Empty,
-        attempts = tracing::field::Empty,
-        status = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
-    );
-    // The parent must be set before the span starts, so here rather than in a middleware.
-    TraceContext::adopt(request.headers(), &span);
-    span
-}
-
-fn request_finished<B>(response: &http::Response<B>, latency: Duration, span: &Span) {
-    span.record("status", response.status().as_u16());
-    span.record("latency_ms", latency.as_secs_f64() * 1000.0);
-    tracing::info!("request finished");
-}
-
-/// Request count, latency and in-flight gauge, by route (the matched pattern, so
-/// arbitrary paths cannot blow up the label set), status and caller.
-async fn record_request(request: axum::extract::Request, next: middleware::Next) -> Response {
-    struct InFlight;
-    impl Drop for InFlight {
-        fn drop(&mut self) {
-            metrics::gauge!(crate::metrics::IN_FLIGHT).decrement(1.0);
-        }
-    }
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let started = std::time::Instant::now();
-    metrics::gauge!(crate::metrics::IN_FLIGHT).increment(1.0);
-    let _in_flight = InFlight;
-    let response = next.run(request).await;
-    let caller = response
-        .extensions()
-        .get::<Authenticated>()
-        .map_or_else(|| "none".to_string(), |c| c.name().to_string());
-    let labels = [
-        ("route", route),
-        ("status", response.status().as_u16().to_string()),
-        ("caller", caller),
-    ];
-    metrics::counter!(crate::metrics::REQUESTS, &labels).increment(1);
-    metrics::histogram!(crate::metrics::REQUEST_DURATION, &labels)
-        .record(started.elapsed().as_secs_f64());
-    response
+        }))
+        .layer(middleware::from_fn_with_state(header_limit, header_size));
+    routes.layer(inbound)
 }
 
 /// The admin listener's routes.
@@ -275,6 +208,7 @@ pub struct Application {
     shutdown_delay: Duration,
     drain_timeout: Duration,
     header_read_timeout: Duration,
+    workers: usize,
     port: u16,
 }
 
@@ -316,6 +250,7 @@ impl Application {
             shutdown_delay: config.shutdown_delay,
             drain_timeout: config.drain_timeout,
             header_read_timeout: config.header_read_timeout,
+            workers: config.workers,
             port,
         })
     }
@@ -365,12 +300,16 @@ impl Application {
                 axum::serve(listener, admin_router(crate::metrics::handle())).await
             })
         });
+        let mut workers = Workers::start(self.workers)?;
         let graceful = GracefulShutdown::new();
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => {
-                    let stream = match accepted {
-                        Ok((stream, _peer)) => stream,
+                    let stream = match accepted.and_then(|(stream, _peer)| {
+                        let _ = stream.set_nodelay(true);
+                        stream.into_std()
+                    }) {
+                        Ok(stream) => stream,
                         Err(error) => {
                             // Out of file descriptors and the like: back off, keep serving.
                             tracing::warn!(%error, "accept failed");
@@ -378,14 +317,21 @@ impl Application {
                             continue;
                         }
                     };
-                    let _ = stream.set_nodelay(true);
+                    // The connection is served, start to end, by the next worker in turn.
                     let service = TowerToHyperService::new(self.router.clone());
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let connection = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        if let Err(error) = connection.await {
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    workers.next_in_turn().spawn(async move {
+                        let stream = match TcpStream::from_std(stream) {
+                            Ok(stream) => stream,
+                            Err(error) => {
+                                tracing::warn!(%error, "cannot take over an accepted connection");
+                                return;
+                            }
+                        };
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        if let Err(error) = watcher.watch(connection).await {
                             tracing::debug!(error = %error, "connection ended with an error");
                         }
                     });
@@ -402,6 +348,7 @@ impl Application {
                 "drain period over; exiting with requests still in flight"
             ),
         }
+        workers.stop().await;
         if let Some(admin) = admin {
             admin.abort();
         }

@@ -185,6 +185,9 @@ pub struct ServerSettings {
     pub max_json_depth: usize,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
+    /// Threads serving connections; 0: one per available CPU.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 /// The admin listener: `/metrics`, kept off the caller-facing port.
@@ -603,6 +606,9 @@ impl Settings {
                 problem(key, "must be greater than 0".into());
             }
         }
+        if self.server.workers > 256 {
+            problem("server.workers", "must be 0 (one per CPU) to 256".into());
+        }
         let callers = self.callers(&bots, production, &mut problem);
 
         if !problems.is_empty() {
@@ -646,6 +652,7 @@ impl Settings {
                 .enabled
                 .then(|| (self.admin.host.clone(), self.admin.port)),
             max_in_flight: self.server.max_in_flight,
+            workers: crate::workers::count(self.server.workers),
             max_header_bytes: self.server.max_header_bytes,
             max_json_depth: self.server.max_json_depth,
             header_read_timeout: Duration::from_millis(self.server.header_read_timeout_ms),
@@ -943,6 +950,8 @@ fn is_valid_bot_id(id: &str) -> bool {
 pub struct RelayConfig {
     pub environment: Environment,
     pub listen: (String, u16),
+    /// Threads serving connections (resolved: at least 1).
+    pub workers: usize,
     pub body_limit_bytes: usize,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,

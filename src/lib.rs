@@ -10,3 +10,4 @@ pub mod jelou;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;
+pub mod workers;

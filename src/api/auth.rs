@@ -15,7 +15,6 @@ use governor::state::{InMemoryState, NotKeyed};
 use http::{HeaderValue, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tracing::Span;
 
 use super::problem::ApiError;
 use super::request_id::RequestId;
@@ -136,7 +135,6 @@ pub async fn authenticate(
             },
         },
     };
-    Span::current().record("caller", caller.name());
 
     let limited = gate.limits.get(caller.name());
     let headers = match limited {

@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tracing::Span;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Authenticated;
+use super::observe::RequestOutcome;
 use super::problem::{ApiError, PROBLEM_CONTENT_TYPE, Problem};
 use super::request_id::RequestId;
 use super::trace_context::TraceContext;
@@ -218,8 +220,10 @@ pub async fn send_flow_message(
     match handle(state, request, body).await {
         Ok(response) => response,
         Err(error) => {
-            log_failure(&error);
-            error.into_problem(&request_id).into_response()
+            let outcome = log_failure(&error);
+            let mut response = error.into_problem(&request_id).into_response();
+            response.extensions_mut().insert(outcome);
+            response
         }
     }
 }
@@ -281,9 +285,14 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
         }
     };
 
+    // One write to the span for all three (each write re-serializes its fields).
     let span = Span::current();
-    span.record("bot", bot.alias.as_str());
-    span.record("to", message.to.masked().as_str());
+    tracing::record_all!(
+        span,
+        caller = caller.name(),
+        bot = bot.alias.as_str(),
+        to = message.to.masked().as_str(),
+    );
     if !caller.may_use(&bot.alias) {
         return Err(ApiError::ForbiddenBot);
     }
@@ -297,8 +306,7 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
     );
     outbound.traceparent = trace.map(TraceContext::traceparent);
     if dry_run {
-        span.record("outcome", "validated");
-        return Ok(Json(SendOutcome::Validated(ValidatedResponse {
+        let mut response = Json(SendOutcome::Validated(ValidatedResponse {
             status: ValidatedStatus::Validated,
             request_id: request_id.into(),
             bot: outbound.bot.alias.clone(),
@@ -306,7 +314,11 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
             sandbox: state.sandbox,
             upstream_request: view(&outbound),
         }))
-        .into_response());
+        .into_response();
+        response
+            .extensions_mut()
+            .insert(RequestOutcome::new("validated"));
+        return Ok(response);
     }
 
     let reserved = match idempotency_key {
@@ -344,9 +356,12 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
                 Begin::Replay(answer) => {
                     metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "replayed")
                         .increment(1);
-                    span.record("outcome", "replayed");
                     tracing::info!("idempotent replay: Jelou not called");
-                    return Ok(answer_response(answer, true));
+                    let mut response = answer_response(answer, true);
+                    response
+                        .extensions_mut()
+                        .insert(RequestOutcome::new("replayed"));
+                    return Ok(response);
                 }
                 Begin::InFlight => {
                     metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "in_flight")
@@ -372,7 +387,11 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
     let task =
         tokio::spawn(deliver(state, outbound, reserved, request_id.to_string()).instrument(span));
     match task.await {
-        Ok(answer) => Ok(answer_response(answer, false)),
+        Ok((answer, outcome)) => {
+            let mut response = answer_response(answer, false);
+            response.extensions_mut().insert(outcome);
+            Ok(response)
+        }
         Err(error) => {
             tracing::error!(%error, "delivery task failed");
             Err(ApiError::Internal)
@@ -386,7 +405,7 @@ async fn deliver(
     outbound: Outbound,
     key: Option<Reservation>,
     request_id: String,
-) -> StoredAnswer {
+) -> (StoredAnswer, RequestOutcome) {
     let alias = outbound.bot.alias.clone();
     let to = outbound.recipient.as_str().to_string();
     let result = state.delivery.clone().oneshot(outbound).await;
@@ -395,12 +414,13 @@ async fn deliver(
         Ok(_) => true,
         Err(failure) => failure.delivery == DeliveryState::Unknown,
     };
-    let answer = match result {
+    let (answer, outcome) = match result {
         Ok(delivered) => {
-            let span = Span::current();
-            span.record("outcome", "sent");
-            span.record("upstream_status", delivered.status);
-            span.record("attempts", delivered.attempts);
+            let outcome = RequestOutcome {
+                outcome: "sent",
+                upstream_status: Some(delivered.status),
+                attempts: Some(delivered.attempts),
+            };
             let body = SentResponse {
                 status: SentStatus::Sent,
                 request_id: request_id.clone(),
@@ -410,17 +430,18 @@ async fn deliver(
                 sandbox: state.sandbox,
                 upstream: delivered.body,
             };
-            StoredAnswer {
+            let answer = StoredAnswer {
                 status: 200,
                 content_type: "application/json".into(),
                 retry_after: None,
                 body: serde_json::to_vec(&body).unwrap_or_default().into(),
-            }
+            };
+            (answer, outcome)
         }
         Err(failure) => {
             let error = ApiError::Delivery(failure);
-            log_failure(&error);
-            problem_answer(error.into_problem(&request_id))
+            let outcome = log_failure(&error);
+            (problem_answer(error.into_problem(&request_id)), outcome)
         }
     };
     if let Some(key) = key {
@@ -433,7 +454,7 @@ async fn deliver(
             tracing::error!(%error, "could not record the idempotent answer");
         }
     }
-    answer
+    (answer, outcome)
 }
 
 fn problem_answer(problem: Problem) -> StoredAnswer {
@@ -541,8 +562,10 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The body, at most `limit` bytes (413 past it, whether declared by Content-Length or
+/// found while reading).
 async fn read_body(
-    body: Body,
+    mut body: Body,
     headers: &HeaderMap,
     limit: usize,
 ) -> Result<bytes::Bytes, ApiError> {
@@ -551,20 +574,48 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
+        linger(body);
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    axum::body::to_bytes(body, limit).await.map_err(|error| {
-        let too_large =
-            std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
-                e.source()
-            })
-            .any(|e| e.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::PayloadTooLarge { limit }
-        } else {
-            ApiError::BodyReadFailed("the request body could not be read in full".into())
+    let expected = declared.map_or(1024, |length| length as usize);
+    let mut collected = bytes::BytesMut::with_capacity(expected);
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ApiError::BodyReadFailed(
+                "the request body could not be read in full".into(),
+            ));
+        };
+        if let Some(data) = frame.data_ref() {
+            if collected.len() + data.len() > limit {
+                linger(body);
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            collected.extend_from_slice(data);
         }
-    })
+    }
+    Ok(collected.freeze())
+}
+
+/// How long, and how much, the relay keeps reading (and discarding) an oversize body.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Reads and discards, in the background, what a caller still sends after its body was
+/// refused, so that it reads the 413 instead of a connection reset in the middle of its
+/// upload (a lingering close, as nginx does); bounded in time and bytes.
+fn linger(mut body: Body) {
+    tokio::spawn(async move {
+        let discard = async {
+            let mut seen = 0;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, bytes::Bytes::len);
+                if seen > LINGER_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, discard).await;
+    });
 }
 
 fn view(outbound: &Outbound) -> UpstreamRequestView {
@@ -586,8 +637,8 @@ fn view(outbound: &Outbound) -> UpstreamRequestView {
     }
 }
 
-fn log_failure(error: &ApiError) {
-    let span = Span::current();
+/// Logs why a request failed, at the level it deserves; returns how it ended.
+fn log_failure(error: &ApiError) -> RequestOutcome {
     match error {
         ApiError::Delivery(DeliveryFailure {
             kind,
@@ -597,11 +648,11 @@ fn log_failure(error: &ApiError) {
             detail,
             ..
         }) => {
-            span.record("outcome", delivery.as_str());
-            span.record("attempts", attempts);
-            if let Some(upstream) = upstream {
-                span.record("upstream_status", upstream.status);
-            }
+            let outcome = RequestOutcome {
+                outcome: delivery.as_str(),
+                upstream_status: upstream.as_ref().map(|u| u.status),
+                attempts: Some(*attempts),
+            };
             let code = upstream
                 .as_ref()
                 .and_then(|u| u.code.as_deref())
@@ -623,12 +674,20 @@ fn log_failure(error: &ApiError) {
                         "Jelou rejected the message"
                     )
                 }
-                _ => tracing::warn!(?kind, ?delivery, detail, "delivery failed"),
+                _ => tracing::warn!(
+                    ?kind,
+                    delivery = delivery.as_str(),
+                    attempts,
+                    upstream_status = outcome.upstream_status,
+                    detail,
+                    "delivery failed"
+                ),
             }
+            outcome
         }
         other => {
-            span.record("outcome", "refused");
             tracing::info!(code = other.code(), "request refused");
+            RequestOutcome::new("refused")
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod flow_messages;
 pub mod health;
 pub mod limits;
+pub mod observe;
 pub mod openapi;
 pub mod problem;
 pub mod request_id;

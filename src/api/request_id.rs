@@ -3,11 +3,9 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{FromRequestParts, Request};
-use axum::middleware::Next;
-use axum::response::Response;
-use http::HeaderName;
+use axum::extract::FromRequestParts;
 use http::request::Parts;
+use http::{HeaderName, Request};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -19,14 +17,20 @@ pub fn is_acceptable(value: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Drops an unacceptable caller-supplied id so `SetRequestId` generates a fresh one.
-pub async fn drop_unacceptable(mut request: Request, next: Next) -> Response {
+/// Drops an unacceptable caller-supplied id (or several) so `SetRequestId` generates a
+/// fresh one.
+pub fn drop_unacceptable<B>(mut request: Request<B>) -> Request<B> {
     let headers = request.headers_mut();
-    let all: Vec<_> = headers.get_all(&X_REQUEST_ID).iter().collect();
-    if all.len() > 1 || all.iter().any(|v| !is_acceptable(v.as_bytes())) {
+    let mut ids = headers.get_all(&X_REQUEST_ID).iter();
+    let keep = match (ids.next(), ids.next()) {
+        (None, _) => true,
+        (Some(id), None) => is_acceptable(id.as_bytes()),
+        (Some(_), Some(_)) => false,
+    };
+    if !keep {
         headers.remove(&X_REQUEST_ID);
     }
-    next.run(request).await
+    request
 }
 
 /// The request's id, as set by the inbound stack.

@@ -2,9 +2,6 @@
 //! request span, exported over OTLP when configured, and Jelou receives the same trace
 //! under the relay's span id); without one, a trace starts here.
 
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -55,7 +52,7 @@ impl TraceContext {
     }
 
     /// The same trace, under a new span id of the relay's own.
-    fn child(&self) -> TraceContext {
+    pub fn child(&self) -> TraceContext {
         TraceContext {
             span_id: format!("{:016x}", fastrand::u64(1..)),
             ..self.clone()
@@ -67,15 +64,10 @@ impl TraceContext {
         format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
     }
 
-    /// Makes the caller's span the parent of `span`, which must not have started yet.
-    /// Without the OpenTelemetry layer (no OTLP endpoint) this does nothing.
-    pub fn adopt(headers: &http::HeaderMap, span: &Span) {
-        let parent = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse)
-            .and_then(|incoming| incoming.otel_parent());
-        if let Some(parent) = parent {
+    /// Makes this (the caller's) span the parent of `span`, which must not have started
+    /// yet. Without the OpenTelemetry layer (no OTLP endpoint) this does nothing.
+    pub fn adopt(&self, span: &Span) {
+        if let Some(parent) = self.otel_parent() {
             let _ = span.set_parent(parent);
         }
     }
@@ -93,7 +85,7 @@ impl TraceContext {
     }
 
     /// The request span's own context, when OpenTelemetry records it.
-    fn of_span(span: &Span) -> Option<TraceContext> {
+    pub fn of_span(span: &Span) -> Option<TraceContext> {
         let context = span.context();
         let span_context = context.span().span_context().clone();
         span_context.is_valid().then(|| TraceContext {
@@ -102,23 +94,6 @@ impl TraceContext {
             flags: format!("{:02x}", span_context.trace_flags().to_u8()),
         })
     }
-}
-
-/// Reads `traceparent`, records the trace id on the request span, and hands the
-/// context to the handler.
-pub async fn continue_trace(mut request: Request, next: Next) -> Response {
-    let incoming = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse);
-    let span = Span::current();
-    let context = TraceContext::of_span(&span)
-        .or_else(|| incoming.map(|parent| parent.child()))
-        .unwrap_or_else(TraceContext::start);
-    span.record("trace_id", context.trace_id.as_str());
-    request.extensions_mut().insert(context);
-    next.run(request).await
 }
 
 #[cfg(test)]

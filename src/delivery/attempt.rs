@@ -73,25 +73,21 @@ impl<S: DeliveryInner> Service<Outbound> for Attempt<S> {
                         retry_after: None,
                     }),
                 };
-                let span = tracing::Span::current();
-                match &result {
+                let (outcome, upstream_status) = match &result {
                     Ok(delivered) => {
-                        span.record("outcome", "sent");
-                        span.record("upstream_status", delivered.status);
                         journal.attempt_finished(None);
+                        ("sent", Some(delivered.status))
                     }
                     Err(failure) => {
-                        span.record("outcome", failure.delivery.as_str());
-                        if let Some(upstream) = &failure.upstream {
-                            span.record("upstream_status", upstream.status);
-                        }
                         journal.attempt_finished(Some(failure.delivery));
+                        (
+                            failure.delivery.as_str(),
+                            failure.upstream.as_ref().map(|u| u.status),
+                        )
                     }
-                }
-                let outcome = match &result {
-                    Ok(_) => "sent",
-                    Err(failure) => failure.delivery.as_str(),
                 };
+                // One write to the span (each write re-serializes its fields).
+                tracing::record_all!(tracing::Span::current(), outcome, upstream_status);
                 metrics::counter!(crate::metrics::UPSTREAM_ATTEMPTS, "outcome" => outcome)
                     .increment(1);
                 metrics::histogram!(crate::metrics::UPSTREAM_DURATION)

@@ -1,5 +1,6 @@
 //! The HTTP client for Jelou: the only place the credentials are exposed, at send time.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -8,7 +9,6 @@ use base64::engine::general_purpose::STANDARD;
 use http::{HeaderValue, header};
 use secrecy::ExposeSecret;
 use secrecy::zeroize::Zeroizing;
-use tracing::Instrument;
 
 use crate::config::Credentials;
 use crate::delivery::outcome::{classify_response, classify_transport};
@@ -19,16 +19,24 @@ use crate::delivery::{
 /// Jelou's answers are tiny (`{}`); anything larger than this is not read in full.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
-/// One pooled reqwest client, shared by every request.
+/// Pooled reqwest clients, one per worker thread: a request uses its own worker's pool, so
+/// the connection to Jelou it takes is driven on the thread that serves it.
 #[derive(Clone, Debug)]
 pub struct JelouClient {
-    http: reqwest::Client,
+    clients: Arc<[reqwest::Client]>,
 }
 
 impl JelouClient {
     /// The per-attempt timeout is the delivery stack's; only connection set-up is bounded here.
-    pub fn new(connect_timeout: Duration) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+    pub fn new(connect_timeout: Duration, workers: usize) -> Result<Self, String> {
+        let clients = (0..workers.max(1))
+            .map(|_| Self::client(connect_timeout))
+            .collect::<Result<_, _>>()?;
+        Ok(JelouClient { clients })
+    }
+
+    fn client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
+        reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             // A redirected POST could be replayed or turned into a GET: never follow one.
             .redirect(reqwest::redirect::Policy::none())
@@ -36,8 +44,12 @@ impl JelouClient {
             .tcp_nodelay(true)
             .user_agent(concat!("jelou-relay/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client for Jelou: {e}"))?;
-        Ok(JelouClient { http })
+            .map_err(|e| format!("cannot build the HTTP client for Jelou: {e}"))
+    }
+
+    /// The client of the worker running this thread.
+    fn current(&self) -> reqwest::Client {
+        self.clients[crate::workers::current() % self.clients.len()].clone()
     }
 
     async fn send(http: reqwest::Client, outbound: Outbound) -> Result<Delivered, DeliveryFailure> {
@@ -70,7 +82,6 @@ impl JelouClient {
         let status = response.status();
         let headers = response.headers().clone();
         let body = read_capped(response).await;
-        tracing::Span::current().record("upstream_status", status.as_u16());
         classify_response(status, &headers, body.as_deref()).map_err(|mut failure| {
             // Whatever Jelou says goes to logs and callers: never let it echo the secret.
             if let Some(upstream) = failure.upstream.as_mut() {
@@ -126,7 +137,7 @@ impl tower::Service<Outbound> for JelouClient {
     }
 
     fn call(&mut self, outbound: Outbound) -> Self::Future {
-        let span = tracing::info_span!("upstream", upstream_status = tracing::field::Empty);
-        Box::pin(Self::send(self.http.clone(), outbound).instrument(span))
+        // The attempt's span (one layer out) covers this call and records its status.
+        Box::pin(Self::send(self.current(), outbound))
     }
 }

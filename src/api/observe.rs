@@ -1,0 +1,191 @@
+//! One middleware for what every request leaves behind: its span (with the W3C trace it
+//! belongs to), the request metrics, and one `request finished` log line.
+//!
+//! The span is written to as few times as possible: a JSON log layer serializes a span's
+//! fields again on every `record`, so the handler hands what it learnt (the outcome,
+//! Jelou's status, the attempts) back in the response's extensions, and everything is
+//! recorded at once when the answer is ready.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::StatusCode;
+use metrics::SharedString;
+use tower_http::request_id::{MakeRequestId, RequestId};
+use tracing::Instrument;
+
+use super::auth::Authenticated;
+use super::request_id::X_REQUEST_ID;
+use super::trace_context::TraceContext;
+
+/// How a request ended, as far as the handler knows; read by [`observe`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestOutcome {
+    /// `sent`, `validated`, `replayed`, `refused`, `not_sent` or `unknown`.
+    pub outcome: &'static str,
+    pub upstream_status: Option<u16>,
+    pub attempts: Option<u32>,
+}
+
+impl RequestOutcome {
+    pub fn new(outcome: &'static str) -> Self {
+        RequestOutcome {
+            outcome,
+            ..RequestOutcome::default()
+        }
+    }
+}
+
+/// Request ids: random UUID v4 strings from a fast thread-local generator (no system
+/// call per request). They identify requests; they are not secrets.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MakeRequestUuid;
+
+impl MakeRequestId for MakeRequestUuid {
+    fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let text = id.hyphenated().encode_lower(&mut buffer);
+        http::HeaderValue::from_str(text).ok().map(RequestId::new)
+    }
+}
+
+/// Opens the request span, continues the caller's trace, counts and times the request,
+/// and writes the `request finished` line.
+pub async fn observe(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let incoming = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
+    // Without an exporter the relay's own context is the caller's trace under a new
+    // span id (or a new trace); with one, it is the exported span's.
+    let mut context = incoming
+        .as_ref()
+        .map_or_else(TraceContext::start, TraceContext::child);
+    let span = tracing::info_span!(
+        "request",
+        request_id = request
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        method = %request.method(),
+        path = request.uri().path(),
+        trace_id = context.trace_id.as_str(),
+        caller = tracing::field::Empty,
+        bot = tracing::field::Empty,
+        to = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        upstream_status = tracing::field::Empty,
+        attempts = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    );
+    if let Some(parent) = incoming.as_ref() {
+        parent.adopt(&span);
+    }
+    if let Some(exported) = TraceContext::of_span(&span) {
+        span.record("trace_id", exported.trace_id.as_str());
+        context = exported;
+    }
+    request.extensions_mut().insert(context);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(SharedString::const_str("unmatched"), |p| {
+            route_label(p.as_str())
+        });
+
+    metrics::gauge!(crate::metrics::IN_FLIGHT).increment(1.0);
+    let in_flight = InFlight;
+    let response = next.run(request).instrument(span.clone()).await;
+    drop(in_flight);
+
+    let elapsed = started.elapsed();
+    let caller = response.extensions().get::<Authenticated>();
+    let outcome = response.extensions().get::<RequestOutcome>();
+    tracing::record_all!(
+        span,
+        caller = caller.map(Authenticated::name),
+        outcome = outcome.map(|o| o.outcome),
+        upstream_status = outcome.and_then(|o| o.upstream_status),
+        attempts = outcome.and_then(|o| o.attempts),
+        status = response.status().as_u16(),
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+    );
+    span.in_scope(|| tracing::info!("request finished"));
+
+    let labels = [
+        ("route", route),
+        ("status", status_label(response.status())),
+        (
+            "caller",
+            SharedString::from(caller.map_or("none", Authenticated::name).to_owned()),
+        ),
+    ];
+    metrics::counter!(crate::metrics::REQUESTS, &labels).increment(1);
+    metrics::histogram!(crate::metrics::REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+    response
+}
+
+struct InFlight;
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// The route pattern as a label, without an allocation for the relay's own routes.
+fn route_label(pattern: &str) -> SharedString {
+    const ROUTES: [&str; 4] = ["/v1/flow-messages", "/healthz", "/readyz", "/openapi.json"];
+    match ROUTES.iter().find(|route| **route == pattern) {
+        Some(route) => SharedString::const_str(route),
+        None => SharedString::from(pattern.to_owned()),
+    }
+}
+
+/// The status code as a label, without an allocation for the codes the relay answers.
+fn status_label(status: StatusCode) -> SharedString {
+    const CODES: [&str; 18] = [
+        "200", "400", "401", "403", "404", "405", "408", "409", "413", "415", "422", "429", "431",
+        "500", "502", "503", "504", "304",
+    ];
+    match CODES.iter().find(|code| **code == status.as_str()) {
+        Some(code) => SharedString::const_str(code),
+        None => SharedString::from(status.as_str().to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let request = http::Request::new(());
+        let mut make = MakeRequestUuid;
+        let a = make.make_request_id(&request).unwrap();
+        let b = make.make_request_id(&request).unwrap();
+        let a = uuid::Uuid::parse_str(a.header_value().to_str().unwrap()).unwrap();
+        let b = uuid::Uuid::parse_str(b.header_value().to_str().unwrap()).unwrap();
+        assert_eq!(a.get_version_num(), 4);
+        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn labels_are_the_route_and_code() {
+        assert_eq!(
+            route_label("/v1/flow-messages").as_ref(),
+            "/v1/flow-messages"
+        );
+        assert_eq!(route_label("/docs/{*rest}").as_ref(), "/docs/{*rest}");
+        assert_eq!(status_label(StatusCode::OK).as_ref(), "200");
+        assert_eq!(status_label(StatusCode::IM_A_TEAPOT).as_ref(), "418");
+    }
+}
