@@ -40,9 +40,20 @@ use crate::store::Store;
 use crate::store::idempotency::SharedIdempotency;
 use crate::workers::Workers;
 
-/// What every handler shares. Cheap to clone.
+/// What every handler shares: one allocation, so a clone per request is one count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state behind [`AppState`].
+pub struct Shared {
     pub bots: Arc<BotRegistry>,
     pub base_url: Arc<Url>,
     pub body_limit: usize,
@@ -86,7 +97,7 @@ impl AppState {
                 config.idempotency.max_keys,
             )),
         };
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             bots: Arc::new(config.bots.clone()),
             base_url: Arc::new(config.base_url.clone()),
             body_limit: config.body_limit_bytes,
@@ -102,7 +113,7 @@ impl AppState {
             max_header_bytes: config.max_header_bytes,
             max_json_depth: config.max_json_depth,
             body_read_timeout: config.body_read_timeout,
-        })
+        })))
     }
 }
 

@@ -2,10 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use axum::Extension;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
@@ -21,7 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Authenticated;
 use super::observe::RequestOutcome;
 use super::problem::{ApiError, PROBLEM_CONTENT_TYPE, Problem};
-use super::request_id::RequestId;
+use super::request_id::X_REQUEST_ID;
 use super::trace_context::TraceContext;
 use crate::app::AppState;
 use crate::delivery::idempotency::{
@@ -201,27 +200,30 @@ pub enum SendOutcome {
         (status = 504, description = "`deadline_exceeded`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn send_flow_message(
-    State(state): State<AppState>,
-    RequestId(request_id): RequestId,
-    Extension(caller): Extension<Authenticated>,
-    trace: Option<Extension<TraceContext>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn send_flow_message(State(state): State<AppState>, request: Request) -> Response {
+    // The request is taken whole and read in place: extractors would copy its headers.
+    let (parts, body) = request.into_parts();
+    let request_id = parts
+        .headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown");
+    let Some(caller) = parts.extensions.get::<Authenticated>() else {
+        tracing::error!("the authentication layer did not run before the handler");
+        return ApiError::Internal.into_problem(request_id).into_response();
+    };
     let request = Inbound {
-        caller: &caller,
-        trace: trace.as_ref().map(|Extension(t)| t),
-        request_id: &request_id,
-        query: query.as_deref(),
-        headers: &headers,
+        caller,
+        trace: parts.extensions.get::<TraceContext>(),
+        request_id,
+        query: parts.uri.query(),
+        headers: &parts.headers,
     };
     match handle(state, request, body).await {
         Ok(response) => response,
         Err(error) => {
             let outcome = log_failure(&error);
-            let mut response = error.into_problem(&request_id).into_response();
+            let mut response = error.into_problem(request_id).into_response();
             response.extensions_mut().insert(outcome);
             response
         }
