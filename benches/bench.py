@@ -90,6 +90,8 @@ def wait_http(port, path="/", timeout=20.0, want=None):
 
 def port_taken(port):
     with socket.socket() as s:
+        # As the servers do: connections of an earlier run in TIME_WAIT do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return False
@@ -234,7 +236,7 @@ class Target:
         self.name, self.url, self.body, self.headers, self.pids = name, url, body, headers, pids
 
 
-def run_wrk(work, target, connections, duration, timeout="10s"):
+def run_wrk(work, target, connections, duration, timeout="10s", delay_ms=None):
     body = work / f"{target.name}.json"
     body.write_text(json.dumps(target.body))
     headers = work / f"{target.name}.headers"
@@ -243,6 +245,8 @@ def run_wrk(work, target, connections, duration, timeout="10s"):
     if out.exists():
         out.unlink()
     env = dict(os.environ, BENCH_BODY=str(body), BENCH_HEADERS=str(headers), BENCH_OUT=str(out))
+    if delay_ms is not None:
+        env["BENCH_DELAY_MS"] = str(delay_ms)
     threads = max(1, min(2, connections))
     args = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
             "--timeout", timeout, "-s", str(WRK_SCRIPT), target.url]
@@ -252,10 +256,10 @@ def run_wrk(work, target, connections, duration, timeout="10s"):
     return json.loads(out.read_text())
 
 
-def measure(work, target, connections, duration):
+def measure(work, target, connections, duration, delay_ms=None):
     reset_peak_rss(target.pids)
     cpu_before = proc_cpu_seconds(target.pids)
-    result = run_wrk(work, target, connections, duration)
+    result = run_wrk(work, target, connections, duration, delay_ms=delay_ms)
     cpu = proc_cpu_seconds(target.pids) - cpu_before
     requests = result["requests"]
     seconds = result["duration_us"] / 1e6
@@ -306,6 +310,42 @@ def summarize(runs, levels, names):
             row["added_p99_ms"] = round(row["p99_ms"] - direct["p99_ms"], 3)
         summary.append({"connections": level, "targets": rows})
     return summary
+
+
+PACED_CONNECTIONS = 64
+
+
+def paced(work, targets, relay_peak_rps, duration, rounds):
+    """Latency at half of the relay's saturation: every target under the same paced load
+    (64 connections, each pausing a random 0.5 to 1.5 times the mean pause after every
+    answer), about half the relay's peak req/s."""
+    target_rps = relay_peak_rps / 2
+    # Each connection sends one request per (pause + latency); the latency is under a
+    # millisecond at this load, so the pause alone sets the rate to within a few percent.
+    delay_ms = max(1, round(PACED_CONNECTIONS * 1000 / target_rps))
+    rows = []
+    for round_index in range(rounds):
+        shift = round_index % len(targets)
+        for target in targets[shift:] + targets[:shift]:
+            row = measure(work, target, PACED_CONNECTIONS, duration, delay_ms=delay_ms)
+            row["round"] = round_index + 1
+            rows.append(row)
+            log(f"   paced round {round_index + 1} {target.name:<6} {row['rps']:>7.0f} req/s  "
+                f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  errors {row['errors']}")
+    result = {"relay_peak_rps": relay_peak_rps, "target_rps": round(target_rps),
+              "connections": PACED_CONNECTIONS, "delay_ms": delay_ms, "targets": {}}
+    for target in targets:
+        mine = [r for r in rows if r["target"] == target.name]
+        result["targets"][target.name] = {
+            key: statistics.median(r[key] for r in mine)
+            for key in ("rps", "p50_ms", "p99_ms", "p999_ms")
+        }
+        result["targets"][target.name]["errors"] = sum(r["errors"] for r in mine)
+    direct = result["targets"]["direct"]
+    for row in result["targets"].values():
+        row["added_p50_ms"] = round(row["p50_ms"] - direct["p50_ms"], 3)
+        row["added_p99_ms"] = round(row["p99_ms"] - direct["p99_ms"], 3)
+    return result, rows
 
 
 def pressure(procs, work, connections, duration, bounds):
@@ -432,7 +472,7 @@ def chart(summary, levels, names, path):
     fig.savefig(path, dpi=110)
 
 
-def print_tables(summary, pressure_rows, start, info):
+def print_tables(summary, half, pressure_rows, start, info):
     print(f"\nMachine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, "
           f"kernel {info['kernel']}; {info['nginx']}; {info['wrk']}; {info['relay']}\n")
     print("| conns | target | req/s | vs nginx | vs direct | p50 ms | p99 ms | p99.9 ms "
@@ -446,6 +486,15 @@ def print_tables(summary, pressure_rows, start, info):
                   f"| {row['rps_vs_direct']:.2f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
                   f"| {row['p999_ms']:.2f} | {row['added_p50_ms']:+.2f} | {row['added_p99_ms']:+.2f} "
                   f"| {cpu} | {rss} | {row['errors']} |")
+    print(f"\nHalf of the relay's saturation: {half['connections']} connections pausing on average "
+          f"{half['delay_ms']} ms after each answer, aiming at {half['target_rps']} req/s "
+          f"(the relay's peak: {half['relay_peak_rps']:.0f}):\n")
+    print("| target | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, row in half["targets"].items():
+        print(f"| {name} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+              f"| {row['p999_ms']:.2f} | {row['added_p50_ms']:+.2f} | {row['added_p99_ms']:+.2f} "
+              f"| {row['errors']} |")
     print("\nMemory under pressure (upstream answers after 1 s):\n")
     print("| bounds | connections | answered by status | wrk errors | p50 ms | p99 ms "
           "| idle RSS MiB | peak RSS MiB |")
@@ -550,8 +599,11 @@ def main():
                     log(f"   c={level:<5} round {round_index + 1} {target.name:<6} "
                         f"{row['rps']:>9.0f} req/s  p50 {row['p50_ms']:.2f} ms  "
                         f"p99 {row['p99_ms']:.2f} ms  errors {row['errors']}")
-        bad = [r for r in runs if r["errors"]]
         summary = summarize(runs, levels, names)
+        relay_peak = max(level["targets"]["relay"]["rps"] for level in summary)
+        log(f"== paced load at half of the relay's peak ({relay_peak:.0f} req/s)")
+        half, paced_runs = paced(work, targets, relay_peak, args.duration, args.rounds)
+        bad = [r for r in runs + paced_runs if r["errors"]]
 
         log(f"== memory under pressure: {args.pressure_connections} connections, upstream 1 s")
         pressure_rows = [pressure(procs, work, args.pressure_connections, args.pressure_duration, b)
@@ -570,6 +622,7 @@ def main():
         "settings": {"levels": levels, "duration_s": args.duration, "rounds": args.rounds,
                      "load_tool": "wrk", "smoke": args.smoke},
         "summary": summary,
+        "half_saturation": half,
         "pressure": pressure_rows,
         "startup": start,
         "relay_log_lines": relay_log_lines,
@@ -580,8 +633,9 @@ def main():
         writer = csv.DictWriter(handle, fieldnames=list(runs[0].keys()))
         writer.writeheader()
         writer.writerows(runs)
+        writer.writerows({**row, "connections": f"paced-{row['connections']}"} for row in paced_runs)
     chart(summary, levels, names, out / "chart.png")
-    print_tables(summary, pressure_rows, start, info)
+    print_tables(summary, half, pressure_rows, start, info)
     print(f"\nrelay log: {relay_log_lines} lines written to a file during the run")
     print(f"raw results: {out / 'results.json'}, {out / 'runs.csv'}; chart: {out / 'chart.png'}")
     if bad:

@@ -1,5 +1,6 @@
 -- wrk script: POSTs the body in $BENCH_BODY with the headers in $BENCH_HEADERS
--- ("Name: value" lines), and writes a JSON summary to $BENCH_OUT when done.
+-- ("Name: value" lines), and writes a JSON summary to $BENCH_OUT when done. With
+-- $BENCH_DELAY_MS, each connection waits that long after each answer (a paced load).
 
 local function read(path)
   local file = assert(io.open(path, "rb"))
@@ -15,6 +16,18 @@ for line in read(os.getenv("BENCH_HEADERS")):gmatch("[^\n]+") do
   local name, value = line:match("^([^:]+):%s*(.*)$")
   if name then
     wrk.headers[name] = value
+  end
+end
+
+local pause = os.getenv("BENCH_DELAY_MS")
+if pause then
+  -- Uniform between half and one and a half times the pause: the connections do not fall
+  -- into step and send in bursts; the mean pause is the one asked for.
+  local mean = tonumber(pause)
+  local low, high = math.floor(mean / 2), math.ceil(mean * 3 / 2)
+  math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)") or "0", 16))
+  function delay()
+    return math.random(low, high)
   end
 end
 
