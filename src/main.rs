@@ -122,6 +122,7 @@ fn summary(config: &RelayConfig) -> String {
         "configuration OK".to_string(),
         format!("environment: {}", config.environment.as_str()),
         format!("listen: {}:{}", config.listen.0, config.listen.1),
+        format!("workers: {}", config.workers),
         format!(
             "upstream: {} {}",
             match config.mode {

@@ -230,6 +230,34 @@ fn plain_http_to_loopback_is_allowed_in_production() {
 }
 
 #[test]
+fn worker_threads_are_configurable_and_bounded() {
+    let (ok, stdout, stderr) = check_config(&[("JELOU_RELAY__SERVER__WORKERS", "3")]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("workers: 3"), "{stdout}");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let (ok, stdout, stderr) = check_config(&[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(&format!("workers: {cpus}")), "{stdout}");
+    let (ok, _, stderr) = check_config(&[("JELOU_RELAY__SERVER__WORKERS", "257")]);
+    assert!(!ok);
+    assert!(stderr.contains("server.workers"), "{stderr}");
+
+    // One worker and several serve alike.
+    for workers in ["1", "3"] {
+        let mut relay = RelayProcess::start(&[("JELOU_RELAY__SERVER__WORKERS", workers)]);
+        for _ in 0..4 {
+            let (status, body) = post_seed(&relay.url("/v1/flow-messages"));
+            assert_eq!(status, 200, "{workers} workers: {body}");
+        }
+        assert!(
+            relay
+                .terminate(std::time::Duration::from_secs(10))
+                .success()
+        );
+    }
+}
+
+#[test]
 fn every_problem_is_reported_at_once_one_per_line() {
     let env = [
         ("APP_ENVIRONMENT", "production"),
