@@ -56,24 +56,47 @@ const BLOCK_INTERVAL: Duration = Duration::from_millis(100);
 /// per 64 KiB of lines instead of one per line, and no line waits more than 100 ms. Lines
 /// are never split or reordered; a line still in memory when the process is killed with
 /// SIGKILL is lost (a graceful stop writes everything out).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct BlockWriter {
-    pending: Arc<Mutex<Vec<u8>>>,
+    block: Arc<Mutex<Block>>,
+}
+
+struct Block {
+    pending: Vec<u8>,
+    out: Box<dyn Write + Send>,
+}
+
+impl Block {
+    fn write_out(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        // Nowhere to report a failed log write; the lines are dropped rather than kept
+        // growing in memory.
+        let _ = self.out.write_all(&self.pending);
+        let _ = self.out.flush();
+        self.pending.clear();
+    }
 }
 
 impl BlockWriter {
-    /// A writer, and a thread that writes its lines out every [`BLOCK_INTERVAL`] for as
-    /// long as the writer lives.
-    pub fn start() -> BlockWriter {
-        let writer = BlockWriter::default();
-        let weak: Weak<Mutex<Vec<u8>>> = Arc::downgrade(&writer.pending);
+    /// A writer to `out`, and a thread that writes its lines out every
+    /// [`BLOCK_INTERVAL`] for as long as the writer lives.
+    pub fn start(out: impl Write + Send + 'static) -> BlockWriter {
+        let writer = BlockWriter {
+            block: Arc::new(Mutex::new(Block {
+                pending: Vec::with_capacity(BLOCK_BYTES),
+                out: Box::new(out),
+            })),
+        };
+        let weak: Weak<Mutex<Block>> = Arc::downgrade(&writer.block);
         let _ = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(BLOCK_INTERVAL);
                     match weak.upgrade() {
-                        Some(pending) => BlockWriter { pending }.write_out(),
+                        Some(block) => BlockWriter { block }.write_out(),
                         None => break,
                     }
                 }
@@ -81,22 +104,13 @@ impl BlockWriter {
         writer
     }
 
-    /// Writes every pending line to stdout.
+    /// Writes every pending line out.
     pub fn write_out(&self) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        Self::write_locked(&mut pending);
+        self.lock().write_out();
     }
 
-    fn write_locked(pending: &mut Vec<u8>) {
-        if pending.is_empty() {
-            return;
-        }
-        let mut stdout = std::io::stdout().lock();
-        // Nowhere to report a failed log write; the lines are dropped rather than kept
-        // growing in memory.
-        let _ = stdout.write_all(pending);
-        let _ = stdout.flush();
-        pending.clear();
+    fn lock(&self) -> std::sync::MutexGuard<'_, Block> {
+        self.block.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -105,14 +119,10 @@ pub struct Line<'a>(&'a BlockWriter);
 
 impl Write for Line<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let mut pending = self
-            .0
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        pending.extend_from_slice(bytes);
-        if pending.len() >= BLOCK_BYTES {
-            BlockWriter::write_locked(&mut pending);
+        let mut block = self.0.lock();
+        block.pending.extend_from_slice(bytes);
+        if block.pending.len() >= BLOCK_BYTES {
+            block.write_out();
         }
         Ok(bytes.len())
     }
@@ -133,16 +143,20 @@ impl<'a> MakeWriter<'a> for BlockWriter {
 /// Installs the global subscriber. Logs go to stdout, as containers expect.
 pub fn init(settings: &LogSettings, otlp: &OtlpSettings) -> Result<TelemetryGuard, String> {
     let filter = filter(settings)?;
-    let lines = (settings.format == LogFormat::Json).then(BlockWriter::start);
+    let mut lines = None;
     let logs = match settings.format {
         // json-subscriber writes the same lines as tracing-subscriber's JSON format, but
         // keeps span fields as they are recorded instead of re-parsing them on each record
         // and each event (most of the relay's logging cost under load).
-        LogFormat::Json => json_subscriber::fmt::layer()
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(lines.clone().unwrap_or_default())
-            .boxed(),
+        LogFormat::Json => {
+            let writer = BlockWriter::start(std::io::stdout());
+            lines = Some(writer.clone());
+            json_subscriber::fmt::layer()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_writer(writer)
+                .boxed()
+        }
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stdout().is_terminal())
             .boxed(),
@@ -179,4 +193,62 @@ pub fn init(settings: &LogSettings, otlp: &OtlpSettings) -> Result<TelemetryGuar
         .try_init()
         .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
     Ok(TelemetryGuard { provider, lines })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A sink the test can read while the writer holds it.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(bytes.to_vec());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_are_written_in_blocks_in_order_and_never_wait_long() {
+        let sink = Sink::default();
+        let writer = BlockWriter::start(sink.clone());
+        let line = |n: usize| format!("{{\"line\":{n:04}}}\n").into_bytes();
+        let lines = BLOCK_BYTES / line(0).len() + 10;
+        for n in 0..lines {
+            writer.make_writer().write_all(&line(n)).unwrap();
+        }
+        // A block went out when 64 KiB were pending (the timer may have taken one more);
+        // the rest waits for the timer.
+        let writes = sink.0.lock().unwrap().len();
+        assert!(
+            (1..=3).contains(&writes),
+            "{writes} writes for {lines} lines"
+        );
+
+        let started = Instant::now();
+        while sink.0.lock().unwrap().concat().len() < lines * line(0).len() {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "lines left pending"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let expected: Vec<u8> = (0..lines).flat_map(line).collect();
+        assert_eq!(sink.0.lock().unwrap().concat(), expected);
+    }
+
+    #[test]
+    fn write_out_leaves_nothing_pending() {
+        let sink = Sink::default();
+        let writer = BlockWriter::start(sink.clone());
+        writer.make_writer().write_all(b"{\"a\":1}\n").unwrap();
+        writer.write_out();
+        assert_eq!(sink.0.lock().unwrap().concat(), b"{\"a\":1}\n");
+    }
 }
