@@ -332,19 +332,9 @@ def paced(work, targets, relay_peak_rps, duration, rounds):
             rows.append(row)
             log(f"   paced round {round_index + 1} {target.name:<6} {row['rps']:>7.0f} req/s  "
                 f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  errors {row['errors']}")
+    targets_summary = summarize(rows, [PACED_CONNECTIONS], [t.name for t in targets])[0]["targets"]
     result = {"relay_peak_rps": relay_peak_rps, "target_rps": round(target_rps),
-              "connections": PACED_CONNECTIONS, "delay_ms": delay_ms, "targets": {}}
-    for target in targets:
-        mine = [r for r in rows if r["target"] == target.name]
-        result["targets"][target.name] = {
-            key: statistics.median(r[key] for r in mine)
-            for key in ("rps", "p50_ms", "p99_ms", "p999_ms")
-        }
-        result["targets"][target.name]["errors"] = sum(r["errors"] for r in mine)
-    direct = result["targets"]["direct"]
-    for row in result["targets"].values():
-        row["added_p50_ms"] = round(row["p50_ms"] - direct["p50_ms"], 3)
-        row["added_p99_ms"] = round(row["p99_ms"] - direct["p99_ms"], 3)
+              "connections": PACED_CONNECTIONS, "delay_ms": delay_ms, "targets": targets_summary}
     return result, rows
 
 
