@@ -299,13 +299,21 @@ impl Application {
         };
         tokio::pin!(stop_accepting);
 
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        // HTTP/1 connections are served by hyper's HTTP/1 connection directly; anything
+        // that opens like HTTP/2 (h2c with prior knowledge) by the auto-detecting one.
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             // A client that dribbles its headers is cut off (slow-loris).
             .header_read_timeout(self.header_read_timeout)
+            .half_close(true)
             .max_headers(100);
+        let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_headers(100);
+        let (draining, _) = tokio::sync::watch::channel(false);
         let admin = self.admin.map(|(listener, _)| {
             tokio::spawn(async move {
                 axum::serve(listener, admin_router(crate::metrics::handle())).await
@@ -330,20 +338,37 @@ impl Application {
                     };
                     // The connection is served, start to end, by the next worker in turn.
                     let service = TowerToHyperService::new(self.router.clone());
-                    let builder = builder.clone();
+                    let (http1, auto) = (http1.clone(), auto.clone());
                     let watcher = graceful.watcher();
+                    let mut draining = draining.subscribe();
+                    let first_bytes_within = self.header_read_timeout;
                     workers.next_in_turn().spawn(async move {
                         let stream = match TcpStream::from_std(stream) {
                             Ok(stream) => stream,
                             Err(error) => {
-                                tracing::warn!(%error, "cannot take over an accepted connection");
+                                tracing::debug!(%error, "cannot take over an accepted connection");
                                 return;
                             }
                         };
-                        let connection = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        if let Err(error) = watcher.watch(connection).await {
-                            tracing::debug!(error = %error, "connection ended with an error");
+                        let opening = tokio::select! {
+                            opening = tokio::time::timeout(first_bytes_within, opening(&stream)) => opening,
+                            _ = draining.wait_for(|draining| *draining) => return,
+                        };
+                        let result = match opening {
+                            Ok(Ok(Opening::Http1)) => watcher
+                                .watch(http1.serve_connection(TokioIo::new(stream), service))
+                                .await
+                                .map_err(|error| error.to_string()),
+                            Ok(Ok(Opening::Other)) => watcher
+                                .watch(auto.serve_connection(TokioIo::new(stream), service).into_owned())
+                                .await
+                                .map_err(|error| error.to_string()),
+                            Ok(Ok(Opening::Closed)) => Ok(()),
+                            Ok(Err(error)) => Err(error.to_string()),
+                            Err(_elapsed) => Err("nothing received within header_read_timeout_ms".into()),
+                        };
+                        if let Err(error) = result {
+                            tracing::debug!(%error, "connection ended with an error");
                         }
                     });
                 }
@@ -351,6 +376,8 @@ impl Application {
             }
         }
         drop(self.listener);
+        // Connections that have not sent a byte yet are closed.
+        draining.send_replace(true);
         tracing::info!("listener closed; draining in-flight requests");
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("drained; exiting"),
@@ -365,6 +392,31 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// What a connection speaks, from its first bytes.
+enum Opening {
+    Http1,
+    /// The HTTP/2 preface, or a prefix of it: left to the auto-detecting connection.
+    Other,
+    /// Closed before sending anything.
+    Closed,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits for a connection's first bytes and reads them without consuming them, so
+/// hyper's HTTP/1 connection gets the whole stream (one read buffer, no replay layer).
+async fn opening(stream: &TcpStream) -> std::io::Result<Opening> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    let n = stream.peek(&mut first).await?;
+    Ok(if n == 0 {
+        Opening::Closed
+    } else if first[..n] == H2_PREFACE[..n] {
+        Opening::Other
+    } else {
+        Opening::Http1
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

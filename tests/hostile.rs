@@ -133,6 +133,64 @@ async fn a_slow_loris_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed() {
+    let jelou = accepting_jelou(Duration::ZERO).await;
+    let app = app_with(&jelou, |s| s.server.header_read_timeout_ms = 300).await;
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let mut answer = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(
+        closed.is_ok(),
+        "the silent connection was closed by the relay"
+    );
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+}
+
+#[tokio::test]
+async fn a_caller_that_closes_its_sending_side_still_gets_the_answer() {
+    // Half-close: the request is complete, the caller shuts down writing and waits.
+    let jelou = accepting_jelou(Duration::from_millis(100)).await;
+    let app = app_with(&jelou, |_| {}).await;
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let body = seed_message().to_string();
+    stream.write_all(&raw_post("", &body)).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"status\":\"sent\""), "{answer}");
+    assert_eq!(jelou.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served() {
+    let jelou = accepting_jelou(Duration::ZERO).await;
+    let app = app_with(&jelou, |_| {}).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let answer = client
+        .post(app.url("/v1/flow-messages"))
+        .json(&seed_message())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["status"], "sent");
+    assert_eq!(jelou.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn a_body_that_never_arrives_is_408() {
     let jelou = accepting_jelou(Duration::ZERO).await;
     let app = app_with(&jelou, |s| s.server.body_read_timeout_ms = 300).await;

@@ -148,7 +148,9 @@ impl Limits {
         let Some(shared) = &self.shared else {
             return Ok(self.local.wait_for(limit));
         };
-        match shared.check(limit, rate).await {
+        // Boxed: the Redis call's state is large, and inline it would make every
+        // request's future (memory backend included) that large.
+        match Box::pin(shared.check(limit, rate)).await {
             Ok(wait) => Ok(wait),
             Err(error) => {
                 let mode = shared.store().failure_mode;
