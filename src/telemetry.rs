@@ -9,6 +9,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -16,14 +17,30 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, LogSettings, OtlpSettings};
 
-/// The filter: `RUST_LOG` when set, else the configured level.
-pub fn filter(settings: &LogSettings) -> Result<EnvFilter, String> {
-    match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(&directives)
-            .map_err(|e| format!("RUST_LOG '{directives}' is not a valid filter: {e}")),
-        _ => EnvFilter::try_new(&settings.level)
-            .map_err(|e| format!("log.level '{}' is not a valid filter: {e}", settings.level)),
+/// The filter: `RUST_LOG` when set, else the configured level. A bare level (`info`)
+/// is a plain level filter; anything else (per-target levels, span and field
+/// directives) an `EnvFilter`, which costs more on every span.
+pub enum LogFilter {
+    Level(LevelFilter),
+    Directives(EnvFilter),
+}
+
+pub fn filter(settings: &LogSettings) -> Result<LogFilter, String> {
+    let (directives, origin) = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => (directives, "RUST_LOG"),
+        _ => (settings.level.clone(), "log.level"),
+    };
+    parse_filter(&directives)
+        .map_err(|e| format!("{origin} '{directives}' is not a valid filter: {e}"))
+}
+
+fn parse_filter(directives: &str) -> Result<LogFilter, String> {
+    if let Ok(level) = directives.trim().parse::<LevelFilter>() {
+        return Ok(LogFilter::Level(level));
     }
+    EnvFilter::try_new(directives)
+        .map(LogFilter::Directives)
+        .map_err(|e| e.to_string())
 }
 
 /// Writes the pending log lines, and flushes and stops span export, when dropped (at the
@@ -186,8 +203,13 @@ pub fn init(settings: &LogSettings, otlp: &OtlpSettings) -> Result<TelemetryGuar
     let traces = provider
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("jelou-relay")));
+    let (level, directives) = match filter {
+        LogFilter::Level(level) => (Some(level), None),
+        LogFilter::Directives(directives) => (None, Some(directives)),
+    };
     tracing_subscriber::registry()
-        .with(filter)
+        .with(level)
+        .with(directives)
         .with(logs)
         .with(traces)
         .try_init()
@@ -212,6 +234,23 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_bare_level_is_a_level_filter_and_directives_an_env_filter() {
+        for level in ["info", "WARN", " debug ", "off"] {
+            assert!(
+                matches!(parse_filter(level), Ok(LogFilter::Level(_))),
+                "{level}"
+            );
+        }
+        for directives in ["jelou_relay=debug", "info,hyper=warn", "[request]=trace"] {
+            assert!(
+                matches!(parse_filter(directives), Ok(LogFilter::Directives(_))),
+                "{directives}"
+            );
+        }
+        assert!(parse_filter("[[[").is_err());
     }
 
     #[test]
