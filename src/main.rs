@@ -79,6 +79,10 @@ struct SimulateArgs {
     retry_after: Option<String>,
 }
 
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let dir = cli.config_dir.unwrap_or_else(config::default_config_dir);
