@@ -22,7 +22,7 @@ use crate::config::{LogFormat, LogSettings, OtlpSettings};
 /// directives) an `EnvFilter`, which costs more on every span.
 pub enum LogFilter {
     Level(LevelFilter),
-    Directives(EnvFilter),
+    Directives(Box<EnvFilter>),
 }
 
 pub fn filter(settings: &LogSettings) -> Result<LogFilter, String> {
@@ -39,7 +39,7 @@ fn parse_filter(directives: &str) -> Result<LogFilter, String> {
         return Ok(LogFilter::Level(level));
     }
     EnvFilter::try_new(directives)
-        .map(LogFilter::Directives)
+        .map(|filter| LogFilter::Directives(Box::new(filter)))
         .map_err(|e| e.to_string())
 }
 
@@ -205,7 +205,7 @@ pub fn init(settings: &LogSettings, otlp: &OtlpSettings) -> Result<TelemetryGuar
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("jelou-relay")));
     let (level, directives) = match filter {
         LogFilter::Level(level) => (Some(level), None),
-        LogFilter::Directives(directives) => (None, Some(directives)),
+        LogFilter::Directives(directives) => (None, Some(*directives)),
     };
     tracing_subscriber::registry()
         .with(level)
