@@ -45,9 +45,30 @@ pub fn handle() -> PrometheusHandle {
             }
             describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            start_upkeep(handle.clone());
             handle
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The recorder keeps every histogram sample until it is folded into the buckets, which
+/// a scrape does; this thread does it every few seconds, so memory stays flat when
+/// nothing scrapes `/metrics` (or scrapes rarely).
+fn start_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(error) = started {
+        tracing::warn!(%error, "cannot start the metrics upkeep thread; histograms are folded at each scrape only");
+    }
 }
 
 fn describe() {
@@ -110,4 +131,31 @@ fn describe() {
         STORE_UNAVAILABLE,
         "Requests that met an unreachable store, by what (rate_limit, idempotency) and action (fallback, refused)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installing_the_recorder_starts_the_upkeep_thread() {
+        let _handle = handle();
+        let threads = || -> Vec<String> {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_string())
+                .collect()
+        };
+        // A new thread names itself once it runs.
+        let started = std::time::Instant::now();
+        while !threads().iter().any(|name| name == "metrics-upkeep") {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{:?}",
+                threads()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }
