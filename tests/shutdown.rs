@@ -78,6 +78,40 @@ async fn the_drain_period_bounds_how_long_shutdown_waits() {
     );
 }
 
+#[tokio::test]
+async fn a_connection_that_sent_nothing_is_closed_at_shutdown_and_does_not_hold_it() {
+    use tokio::io::AsyncReadExt;
+
+    let jelou = accepting_jelou(Duration::ZERO).await;
+    let mut settings = settings_for(&jelou.uri());
+    // Longer than the test waits: only shutdown can close the silent connection.
+    settings.server.header_read_timeout_ms = 60_000;
+    settings.server.drain_timeout_ms = 30_000;
+    let mut app = spawn_with(settings).await;
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // Let the relay take the connection over; it waits for its first bytes.
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.shutdown();
+    let finished = app.finished.take().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), finished).await;
+    assert!(
+        matches!(result, Ok(Ok(Ok(())))),
+        "stopped without waiting for the silent connection"
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+}
+
 #[test]
 fn sigterm_drains_and_exits_zero() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
