@@ -6,13 +6,14 @@
 //! Jelou's status, the attempts) back in the response's extensions, and everything is
 //! recorded at once when the answer is ready.
 
+use std::cell::RefCell;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::StatusCode;
-use metrics::SharedString;
+use metrics::{Counter, Gauge, Histogram, SharedString};
 use tower_http::request_id::{MakeRequestId, RequestId};
 use tracing::Instrument;
 
@@ -100,8 +101,7 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
             route_label(p.as_str())
         });
 
-    metrics::gauge!(crate::metrics::IN_FLIGHT).increment(1.0);
-    let in_flight = InFlight;
+    let in_flight = InFlight::enter();
     let response = next.run(request).instrument(span.clone()).await;
     drop(in_flight);
 
@@ -119,24 +119,78 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     );
     span.in_scope(|| tracing::info!("request finished"));
 
-    let labels = [
-        ("route", route),
-        ("status", status_label(response.status())),
-        (
-            "caller",
-            SharedString::from(caller.map_or("none", Authenticated::name).to_owned()),
-        ),
-    ];
-    metrics::counter!(crate::metrics::REQUESTS, &labels).increment(1);
-    metrics::histogram!(crate::metrics::REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+    record_request(
+        route,
+        response.status(),
+        caller.map_or("none", Authenticated::name),
+        elapsed.as_secs_f64(),
+    );
     response
 }
 
+/// The handles of one label set of the request metrics.
+struct RequestHandles {
+    route: SharedString,
+    status: StatusCode,
+    caller: Box<str>,
+    count: Counter,
+    duration: Histogram,
+}
+
+/// Label sets kept per thread; past this many (never, with the relay's routes, codes
+/// and callers) metrics are looked up on each request.
+const CACHED_LABEL_SETS: usize = 512;
+
+thread_local! {
+    // Looking a metric up by name and labels builds and hashes a key and takes the
+    // registry's lock on every request; the handles are kept per worker thread instead.
+    static REQUEST_HANDLES: RefCell<Vec<RequestHandles>> = const { RefCell::new(Vec::new()) };
+    static IN_FLIGHT: Gauge = metrics::gauge!(crate::metrics::IN_FLIGHT);
+}
+
+fn record_request(route: SharedString, status: StatusCode, caller: &str, seconds: f64) {
+    REQUEST_HANDLES.with_borrow_mut(|known| {
+        let cached = known.iter().find(|handles| {
+            handles.status == status && *handles.route == *route && *handles.caller == *caller
+        });
+        if let Some(handles) = cached {
+            handles.count.increment(1);
+            handles.duration.record(seconds);
+            return;
+        }
+        let labels = [
+            ("route", route.clone()),
+            ("status", status_label(status)),
+            ("caller", SharedString::from(caller.to_owned())),
+        ];
+        let handles = RequestHandles {
+            route,
+            status,
+            caller: caller.into(),
+            count: metrics::counter!(crate::metrics::REQUESTS, &labels),
+            duration: metrics::histogram!(crate::metrics::REQUEST_DURATION, &labels),
+        };
+        handles.count.increment(1);
+        handles.duration.record(seconds);
+        if known.len() < CACHED_LABEL_SETS {
+            known.push(handles);
+        }
+    });
+}
+
+/// Counts a request in `jelou_relay_in_flight_requests` while it lives.
 struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        IN_FLIGHT.with(|gauge| gauge.increment(1.0));
+        InFlight
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(crate::metrics::IN_FLIGHT).decrement(1.0);
+        IN_FLIGHT.with(|gauge| gauge.decrement(1.0));
     }
 }
 

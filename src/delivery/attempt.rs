@@ -4,12 +4,46 @@
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
 use super::{
     Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, DeliveryState, FailureKind, Outbound,
 };
+
+/// The attempt metrics' handles, kept per thread (a lookup by name and labels builds
+/// and hashes a key and takes the registry's lock).
+struct AttemptMetrics {
+    sent: Counter,
+    not_sent: Counter,
+    unknown: Counter,
+    duration: Histogram,
+}
+
+impl AttemptMetrics {
+    fn new() -> Self {
+        let count = |outcome: &'static str| metrics::counter!(crate::metrics::UPSTREAM_ATTEMPTS, "outcome" => outcome);
+        AttemptMetrics {
+            sent: count("sent"),
+            not_sent: count(DeliveryState::NotSent.as_str()),
+            unknown: count(DeliveryState::Unknown.as_str()),
+            duration: metrics::histogram!(crate::metrics::UPSTREAM_DURATION),
+        }
+    }
+
+    fn count(&self, outcome: &str) -> &Counter {
+        match outcome {
+            "sent" => &self.sent,
+            "not_sent" => &self.not_sent,
+            _ => &self.unknown,
+        }
+    }
+}
+
+thread_local! {
+    static ATTEMPT_METRICS: AttemptMetrics = AttemptMetrics::new();
+}
 
 #[derive(Clone, Debug)]
 pub struct AttemptLayer {
@@ -88,10 +122,10 @@ impl<S: DeliveryInner> Service<Outbound> for Attempt<S> {
                 };
                 // One write to the span (each write re-serializes its fields).
                 tracing::record_all!(tracing::Span::current(), outcome, upstream_status);
-                metrics::counter!(crate::metrics::UPSTREAM_ATTEMPTS, "outcome" => outcome)
-                    .increment(1);
-                metrics::histogram!(crate::metrics::UPSTREAM_DURATION)
-                    .record(started.elapsed().as_secs_f64());
+                ATTEMPT_METRICS.with(|handles| {
+                    handles.count(outcome).increment(1);
+                    handles.duration.record(started.elapsed().as_secs_f64());
+                });
                 tracing::debug!("attempt finished");
                 result
             }
