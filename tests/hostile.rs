@@ -221,15 +221,7 @@ async fn past_the_in_flight_limit_requests_are_shed_and_probes_still_answer() {
     assert_eq!(shed.headers()["retry-after"], "1");
     let problem = assert_problem(shed, 503, "overloaded").await;
     assert_eq!(problem["delivery"], "not_sent");
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_status("/healthz").await, 200);
     assert_eq!(first.await.unwrap().status(), 200);
     assert_eq!(jelou.received_requests().await.unwrap().len(), 1);
 }

@@ -91,15 +91,7 @@ async fn a_connection_that_sent_nothing_is_closed_at_shutdown_and_does_not_hold_
     let address = app.address.trim_start_matches("http://").to_string();
     let mut silent = tokio::net::TcpStream::connect(&address).await.unwrap();
     // Let the relay take the connection over; it waits for its first bytes.
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_status("/healthz").await, 200);
     app.shutdown();
     let finished = app.finished.take().unwrap();
     let result = tokio::time::timeout(Duration::from_secs(5), finished).await;

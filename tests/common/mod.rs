@@ -92,6 +92,17 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// The status `GET path` is answered with.
+    pub async fn get_status(&self, path: &str) -> u16 {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request reaches the relay")
+            .status()
+            .as_u16()
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url(path))
