@@ -22,12 +22,22 @@ async fn app_with(jelou: &MockServer, tweak: impl FnOnce(&mut Settings)) -> Test
 
 /// Writes raw bytes and reads the answer until the server closes or 2 s pass.
 async fn raw_exchange(app: &TestApp, request: &[u8]) -> String {
+    exchange_within(app, request, Duration::from_secs(2))
+        .await
+        .1
+}
+
+/// Writes raw bytes (possibly none) and reads until the server closes or `within`
+/// passes: whether it closed, and what it answered.
+async fn exchange_within(app: &TestApp, request: &[u8], within: Duration) -> (bool, String) {
     let address = app.address.trim_start_matches("http://");
     let mut stream = TcpStream::connect(address).await.unwrap();
     stream.write_all(request).await.unwrap();
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).into_owned()
+    let closed = tokio::time::timeout(within, stream.read_to_end(&mut answer))
+        .await
+        .is_ok();
+    (closed, String::from_utf8_lossy(&answer).into_owned())
 }
 
 fn raw_post(extra_headers: &str, body: &str) -> Vec<u8> {
@@ -114,18 +124,14 @@ async fn json_deeper_than_the_limit_is_400() {
 async fn a_slow_loris_is_cut_off() {
     let jelou = accepting_jelou(Duration::ZERO).await;
     let app = app_with(&jelou, |s| s.server.header_read_timeout_ms = 300).await;
-    let address = app.address.trim_start_matches("http://").to_string();
-    let mut stream = TcpStream::connect(&address).await.unwrap();
-    stream
-        .write_all(b"POST /v1/flow-messages HTTP/1.1\r\nhost: relay\r\n")
-        .await
-        .unwrap();
     // Never finish the headers: the relay must close the connection on its own.
-    let mut answer = Vec::new();
-    let closed =
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-    assert!(closed.is_ok(), "the connection was closed by the relay");
-    let answer = String::from_utf8_lossy(&answer);
+    let (closed, answer) = exchange_within(
+        &app,
+        b"POST /v1/flow-messages HTTP/1.1\r\nhost: relay\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(closed, "the connection was closed by the relay");
     assert!(
         answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
         "{answer}"
@@ -136,16 +142,9 @@ async fn a_slow_loris_is_cut_off() {
 async fn a_connection_that_sends_nothing_is_closed() {
     let jelou = accepting_jelou(Duration::ZERO).await;
     let app = app_with(&jelou, |s| s.server.header_read_timeout_ms = 300).await;
-    let address = app.address.trim_start_matches("http://").to_string();
-    let mut stream = TcpStream::connect(&address).await.unwrap();
-    let mut answer = Vec::new();
-    let closed =
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-    assert!(
-        closed.is_ok(),
-        "the silent connection was closed by the relay"
-    );
-    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let (closed, answer) = exchange_within(&app, b"", Duration::from_secs(5)).await;
+    assert!(closed, "the silent connection was closed by the relay");
+    assert!(answer.is_empty(), "{answer}");
 }
 
 #[tokio::test]

@@ -15,6 +15,13 @@ async fn wait_for_upstream_call(jelou: &MockServer) {
     }
 }
 
+/// Whether the app, told to stop, stopped cleanly within `within`.
+async fn stopped_cleanly_within(app: &mut TestApp, within: Duration) -> bool {
+    let finished = app.finished.take().unwrap();
+    let result = tokio::time::timeout(within, finished).await;
+    matches!(result, Ok(Ok(Ok(()))))
+}
+
 #[tokio::test]
 async fn readiness_flips_and_an_in_flight_request_finishes() {
     let jelou = accepting_jelou(Duration::from_millis(800)).await;
@@ -46,9 +53,10 @@ async fn readiness_flips_and_an_in_flight_request_finishes() {
         "sent"
     );
 
-    let finished = app.finished.take().unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(10), finished).await;
-    assert!(matches!(result, Ok(Ok(Ok(())))), "server stopped cleanly");
+    assert!(
+        stopped_cleanly_within(&mut app, Duration::from_secs(10)).await,
+        "server stopped cleanly"
+    );
     assert!(
         app.client.get(app.url("/healthz")).send().await.is_err(),
         "listener closed"
@@ -70,10 +78,8 @@ async fn the_drain_period_bounds_how_long_shutdown_waits() {
     );
     wait_for_upstream_call(&jelou).await;
     app.shutdown();
-    let finished = app.finished.take().unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(10), finished).await;
     assert!(
-        matches!(result, Ok(Ok(Ok(())))),
+        stopped_cleanly_within(&mut app, Duration::from_secs(10)).await,
         "stopped after the drain period, not after 30 s"
     );
 }
@@ -93,10 +99,8 @@ async fn a_connection_that_sent_nothing_is_closed_at_shutdown_and_does_not_hold_
     // Let the relay take the connection over; it waits for its first bytes.
     assert_eq!(app.get_status("/healthz").await, 200);
     app.shutdown();
-    let finished = app.finished.take().unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(5), finished).await;
     assert!(
-        matches!(result, Ok(Ok(Ok(())))),
+        stopped_cleanly_within(&mut app, Duration::from_secs(5)).await,
         "stopped without waiting for the silent connection"
     );
     let mut rest = Vec::new();

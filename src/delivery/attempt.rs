@@ -32,11 +32,12 @@ impl AttemptMetrics {
         }
     }
 
-    fn count(&self, outcome: &str) -> &Counter {
-        match outcome {
-            "sent" => &self.sent,
-            "not_sent" => &self.not_sent,
-            _ => &self.unknown,
+    /// The counter of an attempt that failed with `failure` (`None`: it was sent).
+    fn count(&self, failure: Option<DeliveryState>) -> &Counter {
+        match failure {
+            None => &self.sent,
+            Some(DeliveryState::NotSent) => &self.not_sent,
+            Some(DeliveryState::Unknown) => &self.unknown,
         }
     }
 }
@@ -107,23 +108,19 @@ impl<S: DeliveryInner> Service<Outbound> for Attempt<S> {
                         retry_after: None,
                     }),
                 };
-                let (outcome, upstream_status) = match &result {
-                    Ok(delivered) => {
-                        journal.attempt_finished(None);
-                        ("sent", Some(delivered.status))
-                    }
-                    Err(failure) => {
-                        journal.attempt_finished(Some(failure.delivery));
-                        (
-                            failure.delivery.as_str(),
-                            failure.upstream.as_ref().map(|u| u.status),
-                        )
-                    }
+                let (failure, upstream_status) = match &result {
+                    Ok(delivered) => (None, Some(delivered.status)),
+                    Err(failure) => (
+                        Some(failure.delivery),
+                        failure.upstream.as_ref().map(|u| u.status),
+                    ),
                 };
+                journal.attempt_finished(failure);
+                let outcome = failure.map_or("sent", DeliveryState::as_str);
                 // One write to the span (each write re-serializes its fields).
                 tracing::record_all!(tracing::Span::current(), outcome, upstream_status);
                 ATTEMPT_METRICS.with(|handles| {
-                    handles.count(outcome).increment(1);
+                    handles.count(failure).increment(1);
                     handles.duration.record(started.elapsed().as_secs_f64());
                 });
                 tracing::debug!("attempt finished");
