@@ -17,6 +17,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, LogSettings, OtlpSettings};
 
+mod json;
+
 /// The filter: `RUST_LOG` when set, else the configured level. A bare level (`info`)
 /// is a plain level filter; anything else (per-target levels, span and field
 /// directives) an `EnvFilter`, which costs more on every span.
@@ -162,17 +164,10 @@ pub fn init(settings: &LogSettings, otlp: &OtlpSettings) -> Result<TelemetryGuar
     let filter = filter(settings)?;
     let mut lines = None;
     let logs = match settings.format {
-        // json-subscriber writes the same lines as tracing-subscriber's JSON format, but
-        // keeps span fields as they are recorded instead of re-parsing them on each record
-        // and each event (most of the relay's logging cost under load).
         LogFormat::Json => {
             let writer = BlockWriter::start(std::io::stdout());
             lines = Some(writer.clone());
-            json_subscriber::fmt::layer()
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_writer(writer)
-                .boxed()
+            json::JsonLines::new(writer).boxed()
         }
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stdout().is_terminal())
