@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::header;
@@ -24,11 +23,12 @@ use url::Url;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::auth::{Gate, authenticate};
+use crate::api::auth::{Authenticate, Gate};
+use crate::api::check::CheckLayer;
 use crate::api::flow_messages::send_flow_message;
 use crate::api::health::{Readiness, healthz, readyz};
-use crate::api::limits::{header_size, shed_overload};
-use crate::api::observe::{MakeRequestUuid, observe};
+use crate::api::limits::{HeaderSize, ShedOverload};
+use crate::api::observe::{MakeRequestUuid, ObserveLayer};
 use crate::api::openapi::ApiDoc;
 use crate::api::request_id::{X_REQUEST_ID, drop_unacceptable};
 use crate::api::{ApiError, RequestId};
@@ -130,14 +130,12 @@ pub fn router(state: AppState) -> Router {
         // request; then the caller's key and rate.
         .route_layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn_with_state(
-                    state.permits.clone(),
-                    shed_overload,
-                ))
-                .layer(middleware::from_fn_with_state(
-                    state.gate.clone(),
-                    authenticate,
-                )),
+                .layer(CheckLayer(ShedOverload {
+                    permits: state.permits.clone(),
+                }))
+                .layer(CheckLayer(Authenticate {
+                    gate: state.gate.clone(),
+                })),
         );
     let routes = api
         .route("/healthz", get(healthz))
@@ -161,13 +159,15 @@ pub fn router(state: AppState) -> Router {
             header::AUTHORIZATION,
         ]))
         // The span, the trace context, the request metrics and the final log line.
-        .layer(middleware::from_fn(observe))
+        .layer(ObserveLayer)
         // Last line of defence: a panic becomes a problem+json 500, never a dropped connection.
         .layer(CatchPanicLayer::custom(|_panic| {
             tracing::error!("handler panicked");
             ApiError::Internal.into_problem("unknown").into_response()
         }))
-        .layer(middleware::from_fn_with_state(header_limit, header_size));
+        .layer(CheckLayer(HeaderSize {
+            limit: header_limit,
+        }));
     routes.layer(inbound)
 }
 

@@ -547,10 +547,9 @@ impl Settings {
                 .or_else(|| shared_id.clone());
             let client_secret = own_secret.or_else(|| shared_secret.clone());
             let credentials = match (client_id, client_secret) {
-                (Some(client_id), Some(client_secret)) => Some(Credentials {
-                    client_id,
-                    client_secret,
-                }),
+                (Some(client_id), Some(client_secret)) => {
+                    Some(Credentials::new(client_id, client_secret))
+                }
                 (client_id, client_secret) => {
                     if needs_credentials {
                         let missing = match (client_id.is_none(), client_secret.is_none()) {
@@ -1023,19 +1022,59 @@ pub struct IdempotencyConfig {
     pub max_keys: usize,
 }
 
-/// Jelou credentials for one bot. `Debug` is redacted by `SecretString`.
+/// Jelou credentials for one bot. `Debug` is redacted by `SecretString` and
+/// [`BasicAuthorization`].
 #[derive(Debug, Clone)]
 pub struct Credentials {
     client_id: String,
     client_secret: SecretString,
+    authorization: BasicAuthorization,
+}
+
+/// `Authorization: Basic base64(client_id:client_secret)`, built once for every request
+/// Jelou receives. Marked sensitive, so hyper never logs it; `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct BasicAuthorization(http::HeaderValue);
+
+impl BasicAuthorization {
+    fn new(client_id: &str, client_secret: &SecretString) -> Self {
+        use base64::Engine;
+        use secrecy::zeroize::Zeroizing;
+        let pair = Zeroizing::new(format!("{client_id}:{}", client_secret.expose_secret()));
+        let encoded = Zeroizing::new(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+        ));
+        // Base64 output and the "Basic " prefix are visible ASCII: always a valid value.
+        let mut value = http::HeaderValue::from_str(&encoded)
+            .unwrap_or(http::HeaderValue::from_static("Basic"));
+        value.set_sensitive(true);
+        BasicAuthorization(value)
+    }
+
+    pub fn header(&self) -> &http::HeaderValue {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BasicAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BasicAuthorization([REDACTED])")
+    }
 }
 
 impl Credentials {
     pub fn new(client_id: String, client_secret: SecretString) -> Self {
         Credentials {
+            authorization: BasicAuthorization::new(&client_id, &client_secret),
             client_id,
             client_secret,
         }
+    }
+
+    /// The `Authorization` header for Jelou.
+    pub fn authorization(&self) -> &http::HeaderValue {
+        self.authorization.header()
     }
 
     pub fn client_id(&self) -> &str {

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use governor::RateLimiter;
 use governor::clock::{Clock, DefaultClock};
@@ -16,14 +15,15 @@ use http::{HeaderValue, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::check::Check;
 use super::problem::ApiError;
-use super::request_id::RequestId;
+use super::request_id;
 use crate::config::{Caller, Callers, RateSettings};
 use crate::delivery::rate_limit::quota;
 
 type CallerLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
-/// Who is calling, as established by [`authenticate`].
+/// Who is calling, as established by [`Authenticate`].
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub Option<Arc<Caller>>);
 
@@ -112,66 +112,85 @@ fn unauthorized(request_id: &str, detail: &str, invalid_token: bool) -> Response
     response
 }
 
-/// Authenticates the caller, applies its rate, and hands its identity to the handler.
-pub async fn authenticate(
-    State(gate): State<Arc<Gate>>,
-    RequestId(request_id): RequestId,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let caller = match &gate.callers {
-        Callers::Open { .. } => Authenticated(None),
-        Callers::Keys(_) => match bearer(&request) {
-            None => {
-                return unauthorized(
-                    &request_id,
-                    "send `Authorization: Bearer <key>` with this service's relay key",
-                    false,
-                );
-            }
-            Some(token) => match gate.identify(token) {
-                Some(caller) => Authenticated(Some(caller)),
-                None => return unauthorized(&request_id, "the bearer key is not valid", true),
-            },
-        },
-    };
+/// Authenticates the caller, applies its rate, and hands its identity to the handler
+/// (in the request's extensions) and to the request metrics (in the answer's).
+#[derive(Clone)]
+pub struct Authenticate {
+    pub gate: Arc<Gate>,
+}
 
-    let limited = gate.limits.get(caller.name());
-    let headers = match limited {
-        None => None,
-        Some(limited) => match limited.limiter.check() {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                let used = limited.rate.burst.saturating_sub(remaining);
-                let reset = f64::from(used) / limited.rate.rate_per_second;
-                Some(rate_headers(&limited.rate, remaining, reset.ceil() as u64))
-            }
-            Err(not_until) => {
-                metrics::counter!(crate::metrics::RATE_LIMIT_REJECTIONS, "limit" => "caller")
-                    .increment(1);
-                let wait = not_until.wait_time_from(gate.clock.now());
-                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                let mut response = ApiError::CallerRateLimited {
-                    retry_after: seconds.max(1),
+/// A caller let through, and the rate headers its answer carries.
+pub struct Admitted {
+    caller: Authenticated,
+    headers: Option<[(http::HeaderName, HeaderValue); 2]>,
+}
+
+impl Check for Authenticate {
+    type Pass = Admitted;
+
+    fn check(&self, request: &mut Request) -> Result<Admitted, Response> {
+        let gate = &self.gate;
+        let caller = match &gate.callers {
+            Callers::Open { .. } => Authenticated(None),
+            Callers::Keys(_) => match bearer(request) {
+                None => {
+                    return Err(unauthorized(
+                        request_id::of(request),
+                        "send `Authorization: Bearer <key>` with this service's relay key",
+                        false,
+                    ));
                 }
-                .into_problem(&request_id)
-                .into_response();
-                for (name, value) in rate_headers(&limited.rate, 0, seconds.max(1)) {
-                    response.headers_mut().insert(name, value);
+                Some(token) => match gate.identify(token) {
+                    Some(caller) => Authenticated(Some(caller)),
+                    None => {
+                        return Err(unauthorized(
+                            request_id::of(request),
+                            "the bearer key is not valid",
+                            true,
+                        ));
+                    }
+                },
+            },
+        };
+
+        let headers = match gate.limits.get(caller.name()) {
+            None => None,
+            Some(limited) => match limited.limiter.check() {
+                Ok(snapshot) => {
+                    let remaining = snapshot.remaining_burst_capacity();
+                    let used = limited.rate.burst.saturating_sub(remaining);
+                    let reset = f64::from(used) / limited.rate.rate_per_second;
+                    Some(rate_headers(&limited.rate, remaining, reset.ceil() as u64))
                 }
-                response.extensions_mut().insert(caller);
-                return response;
-            }
-        },
-    };
-    request.extensions_mut().insert(caller.clone());
-    let mut response = next.run(request).await;
-    // For the request metrics, recorded further out.
-    response.extensions_mut().insert(caller);
-    for (name, value) in headers.into_iter().flatten() {
-        response.headers_mut().insert(name, value);
+                Err(not_until) => {
+                    metrics::counter!(crate::metrics::RATE_LIMIT_REJECTIONS, "limit" => "caller")
+                        .increment(1);
+                    let wait = not_until.wait_time_from(gate.clock.now());
+                    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    let mut response = ApiError::CallerRateLimited {
+                        retry_after: seconds.max(1),
+                    }
+                    .into_problem(request_id::of(request))
+                    .into_response();
+                    for (name, value) in rate_headers(&limited.rate, 0, seconds.max(1)) {
+                        response.headers_mut().insert(name, value);
+                    }
+                    response.extensions_mut().insert(caller);
+                    return Err(response);
+                }
+            },
+        };
+        request.extensions_mut().insert(caller.clone());
+        Ok(Admitted { caller, headers })
     }
-    response
+
+    fn finish(admitted: Admitted, response: &mut Response) {
+        for (name, value) in admitted.headers.into_iter().flatten() {
+            response.headers_mut().insert(name, value);
+        }
+        // For the request metrics, recorded further out.
+        response.extensions_mut().insert(admitted.caller);
+    }
 }
 
 /// `RateLimit-Policy: "caller";q=<burst>;w=<seconds>` and `RateLimit: "caller";r=<left>;t=<seconds>`

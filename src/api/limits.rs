@@ -2,47 +2,54 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::check::Check;
 use super::problem::ApiError;
-use super::request_id::RequestId;
+use super::request_id;
 
 /// Refuses requests whose headers, names and values together, exceed `limit` bytes.
-pub async fn header_size(
-    State(limit): State<usize>,
-    RequestId(request_id): RequestId,
-    request: Request,
-    next: Next,
-) -> Response {
-    let size: usize = request
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if size > limit {
-        return ApiError::HeadersTooLarge { limit }
-            .into_problem(&request_id)
-            .into_response();
+#[derive(Clone, Copy)]
+pub struct HeaderSize {
+    pub limit: usize,
+}
+
+impl Check for HeaderSize {
+    type Pass = ();
+
+    fn check(&self, request: &mut Request) -> Result<(), Response> {
+        let size: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if size > self.limit {
+            return Err(ApiError::HeadersTooLarge { limit: self.limit }
+                .into_problem(request_id::of(request))
+                .into_response());
+        }
+        Ok(())
     }
-    next.run(request).await
 }
 
 /// Holds one permit per request being handled; none left means 503 at once, not a queue.
-pub async fn shed_overload(
-    State(permits): State<Arc<Semaphore>>,
-    RequestId(request_id): RequestId,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Ok(_permit) = permits.try_acquire_owned() else {
-        metrics::counter!(crate::metrics::SHED, "where" => "in_flight").increment(1);
-        tracing::warn!("in-flight limit reached: shedding");
-        return ApiError::Overloaded
-            .into_problem(&request_id)
-            .into_response();
-    };
-    next.run(request).await
+#[derive(Clone)]
+pub struct ShedOverload {
+    pub permits: Arc<Semaphore>,
+}
+
+impl Check for ShedOverload {
+    type Pass = OwnedSemaphorePermit;
+
+    fn check(&self, request: &mut Request) -> Result<OwnedSemaphorePermit, Response> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!(crate::metrics::SHED, "where" => "in_flight").increment(1);
+            tracing::warn!("in-flight limit reached: shedding");
+            ApiError::Overloaded
+                .into_problem(request_id::of(request))
+                .into_response()
+        })
+    }
 }

@@ -1,6 +1,7 @@
 //! Inbound HTTP: the routes, their request and response types, and problem+json errors.
 
 pub mod auth;
+pub mod check;
 pub mod flow_messages;
 pub mod health;
 pub mod limits;

@@ -7,21 +7,25 @@
 //! recorded at once when the answer is ready.
 
 use std::cell::RefCell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
 use http::StatusCode;
 use metrics::{Counter, Gauge, Histogram, SharedString};
+use tower::{Layer, Service};
 use tower_http::request_id::{MakeRequestId, RequestId};
-use tracing::Instrument;
+use tracing::Span;
+use tracing::instrument::{Instrument, Instrumented};
 
 use super::auth::Authenticated;
 use super::request_id::X_REQUEST_ID;
 use super::trace_context::TraceContext;
 
-/// How a request ended, as far as the handler knows; read by [`observe`].
+/// How a request ended, as far as the handler knows; read by [`Observe`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestOutcome {
     /// `sent`, `validated`, `replayed`, `refused`, `not_sent` or `unknown`.
@@ -53,79 +57,159 @@ impl MakeRequestId for MakeRequestUuid {
     }
 }
 
+/// The [`Layer`] of [`Observe`].
+#[derive(Clone, Copy, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
+    }
+}
+
 /// Opens the request span, continues the caller's trace, counts and times the request,
-/// and writes the `request finished` line.
-pub async fn observe(mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let incoming = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse);
-    // Without an exporter the relay's own context is the caller's trace under a new
-    // span id (or a new trace); with one, it is the exported span's.
-    let mut context = incoming
-        .as_ref()
-        .map_or_else(TraceContext::start, TraceContext::child);
-    let span = tracing::info_span!(
-        "request",
-        request_id = request
+/// and writes the `request finished` line. A plain service, so its future is the inner
+/// service's, unboxed (axum's `from_fn` would box it and the service it hands on).
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = http::Response<B>, Error = Infallible>,
+{
+    type Response = http::Response<B>;
+    type Error = Infallible;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let observing = Observing::start(&mut request);
+        let span = observing.span.clone();
+        let inner = span.in_scope(|| self.inner.call(request));
+        ObserveFuture {
+            inner: inner.instrument(span),
+            observing: Some(observing),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's future, in the request span.
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        observing: Option<Observing>,
+    }
+}
+
+impl<F, B> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, Infallible>>,
+{
+    type Output = Result<http::Response<B>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = ready!(this.inner.poll(cx));
+        if let Some(observing) = this.observing.take() {
+            observing.finish(&response);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// A request being observed: its span, start, route and in-flight count.
+struct Observing {
+    started: Instant,
+    span: Span,
+    route: SharedString,
+    in_flight: InFlight,
+}
+
+impl Observing {
+    fn start(request: &mut Request) -> Observing {
+        let started = Instant::now();
+        let incoming = request
             .headers()
-            .get(&X_REQUEST_ID)
+            .get("traceparent")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
-        method = %request.method(),
-        path = request.uri().path(),
-        trace_id = context.trace_id.as_str(),
-        caller = tracing::field::Empty,
-        bot = tracing::field::Empty,
-        to = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-        upstream_status = tracing::field::Empty,
-        attempts = tracing::field::Empty,
-        status = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
-    );
-    if let Some(parent) = incoming.as_ref() {
-        parent.adopt(&span);
+            .and_then(TraceContext::parse);
+        // Without an exporter the relay's own context is the caller's trace under a new
+        // span id (or a new trace); with one, it is the exported span's.
+        let mut context = incoming
+            .as_ref()
+            .map_or_else(TraceContext::start, TraceContext::child);
+        let span = tracing::info_span!(
+            "request",
+            request_id = request
+                .headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            method = %request.method(),
+            path = request.uri().path(),
+            trace_id = context.trace_id.as_str(),
+            caller = tracing::field::Empty,
+            bot = tracing::field::Empty,
+            to = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            upstream_status = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+            status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+        );
+        if let Some(parent) = incoming.as_ref() {
+            parent.adopt(&span);
+        }
+        if let Some(exported) = TraceContext::of_span(&span) {
+            span.record("trace_id", exported.trace_id.as_str());
+            context = exported;
+        }
+        request.extensions_mut().insert(context);
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(SharedString::const_str("unmatched"), |p| {
+                route_label(p.as_str())
+            });
+        Observing {
+            started,
+            span,
+            route,
+            in_flight: InFlight::enter(),
+        }
     }
-    if let Some(exported) = TraceContext::of_span(&span) {
-        span.record("trace_id", exported.trace_id.as_str());
-        context = exported;
+
+    fn finish<B>(self, response: &http::Response<B>) {
+        drop(self.in_flight);
+        let elapsed = self.started.elapsed();
+        let caller = response.extensions().get::<Authenticated>();
+        let outcome = response.extensions().get::<RequestOutcome>();
+        tracing::record_all!(
+            self.span,
+            caller = caller.map(Authenticated::name),
+            outcome = outcome.map(|o| o.outcome),
+            upstream_status = outcome.and_then(|o| o.upstream_status),
+            attempts = outcome.and_then(|o| o.attempts),
+            status = response.status().as_u16(),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+        );
+        self.span.in_scope(|| tracing::info!("request finished"));
+
+        record_request(
+            self.route,
+            response.status(),
+            caller.map_or("none", Authenticated::name),
+            elapsed.as_secs_f64(),
+        );
     }
-    request.extensions_mut().insert(context);
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(SharedString::const_str("unmatched"), |p| {
-            route_label(p.as_str())
-        });
-
-    let in_flight = InFlight::enter();
-    let response = next.run(request).instrument(span.clone()).await;
-    drop(in_flight);
-
-    let elapsed = started.elapsed();
-    let caller = response.extensions().get::<Authenticated>();
-    let outcome = response.extensions().get::<RequestOutcome>();
-    tracing::record_all!(
-        span,
-        caller = caller.map(Authenticated::name),
-        outcome = outcome.map(|o| o.outcome),
-        upstream_status = outcome.and_then(|o| o.upstream_status),
-        attempts = outcome.and_then(|o| o.attempts),
-        status = response.status().as_u16(),
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-    );
-    span.in_scope(|| tracing::info!("request finished"));
-
-    record_request(
-        route,
-        response.status(),
-        caller.map_or("none", Authenticated::name),
-        elapsed.as_secs_f64(),
-    );
-    response
 }
 
 /// The handles of one label set of the request metrics.

@@ -33,6 +33,15 @@ pub fn drop_unacceptable<B>(mut request: Request<B>) -> Request<B> {
     request
 }
 
+/// The id the inbound stack set on `request` (`unknown` if none: never, past the stack).
+pub fn of<B>(request: &Request<B>) -> &str {
+    request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown")
+}
+
 /// The request's id, as set by the inbound stack.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);

@@ -4,13 +4,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use http::{HeaderValue, header};
-use secrecy::ExposeSecret;
-use secrecy::zeroize::Zeroizing;
+use http::header;
 
-use crate::config::Credentials;
 use crate::delivery::outcome::{classify_response, classify_transport};
 use crate::delivery::{
     Delivered, DeliveryFailure, DeliveryFuture, DeliveryState, FailureKind, Outbound,
@@ -68,7 +63,7 @@ impl JelouClient {
             request = request.header("traceparent", traceparent.as_str());
         }
         let response = request
-            .header(header::AUTHORIZATION, basic_authorization(credentials))
+            .header(header::AUTHORIZATION, credentials.authorization().clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
             .header("x-request-id", outbound.request_id.as_str())
@@ -91,20 +86,6 @@ impl JelouClient {
             failure
         })
     }
-}
-
-/// `Basic base64(client_id:client_secret)`, marked sensitive so hyper never logs it.
-fn basic_authorization(credentials: &Credentials) -> HeaderValue {
-    let pair = Zeroizing::new(format!(
-        "{}:{}",
-        credentials.client_id(),
-        credentials.client_secret().expose_secret()
-    ));
-    let encoded = Zeroizing::new(format!("Basic {}", STANDARD.encode(pair.as_bytes())));
-    // Base64 output and the "Basic " prefix are visible ASCII, always a valid header value.
-    let mut value = HeaderValue::from_str(&encoded).unwrap_or(HeaderValue::from_static("Basic"));
-    value.set_sensitive(true);
-    value
 }
 
 /// Reads at most `MAX_RESPONSE_BYTES`; `None` when the body cannot be read in full.
