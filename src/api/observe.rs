@@ -153,7 +153,7 @@ impl Observing {
                 .get(&X_REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
-            method = %request.method(),
+            method = request.method().as_str(),
             path = request.uri().path(),
             trace_id = context.trace_id.as_str(),
             caller = tracing::field::Empty,

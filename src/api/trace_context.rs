@@ -45,8 +45,8 @@ impl TraceContext {
     /// A new trace, not sampled, with a fresh span id for the relay.
     pub fn start() -> TraceContext {
         TraceContext {
-            trace_id: format!("{:032x}", fastrand::u128(1..)),
-            span_id: format!("{:016x}", fastrand::u64(1..)),
+            trace_id: hex_digits(fastrand::u128(1..), 32),
+            span_id: hex_digits(u128::from(fastrand::u64(1..)), 16),
             flags: "00".into(),
         }
     }
@@ -54,14 +54,25 @@ impl TraceContext {
     /// The same trace, under a new span id of the relay's own.
     pub fn child(&self) -> TraceContext {
         TraceContext {
-            span_id: format!("{:016x}", fastrand::u64(1..)),
+            span_id: hex_digits(u128::from(fastrand::u64(1..)), 16),
             ..self.clone()
         }
     }
 
     /// The `traceparent` to send on: this trace, this span id.
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+        let parts = [
+            self.trace_id.as_str(),
+            self.span_id.as_str(),
+            self.flags.as_str(),
+        ];
+        let mut traceparent = String::with_capacity(55);
+        traceparent.push_str("00");
+        for part in parts {
+            traceparent.push('-');
+            traceparent.push_str(part);
+        }
+        traceparent
     }
 
     /// Makes this (the caller's) span the parent of `span`, which must not have started
@@ -96,9 +107,47 @@ impl TraceContext {
     }
 }
 
+/// The lowest `digits` hex digits of `value`, lower case and zero-padded: what
+/// `format!("{value:0digits$x}")` writes, without the formatting machinery.
+fn hex_digits(value: u128, digits: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    (0..digits)
+        .rev()
+        .map(|at| char::from(HEX[((value >> (at * 4)) & 0xf) as usize]))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digits_are_formats_lower_hex() {
+        for value in [0, 1, 0xf, 0xabc, u128::from(u64::MAX), u128::MAX]
+            .into_iter()
+            .chain((0..1000).map(|_| fastrand::u128(..)))
+        {
+            assert_eq!(hex_digits(value, 32), format!("{value:032x}"));
+            let low = value & u128::from(u64::MAX);
+            assert_eq!(hex_digits(value, 16), format!("{low:016x}"));
+        }
+    }
+
+    #[test]
+    fn traceparent_joins_version_trace_span_and_flags() {
+        let context =
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .unwrap()
+                .child();
+        let traceparent = context.traceparent();
+        assert_eq!(traceparent.len(), 55);
+        assert_eq!(
+            traceparent,
+            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", context.span_id)
+        );
+        let fresh = TraceContext::start();
+        assert_eq!(TraceContext::parse(&fresh.traceparent()), Some(fresh));
+    }
 
     #[test]
     fn parses_valid_and_refuses_invalid() {

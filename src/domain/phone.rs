@@ -15,10 +15,11 @@ impl Recipient {
         if raw.contains("..") {
             return Err("must not contain \"..\"".into());
         }
-        let digits: String = raw
-            .chars()
-            .filter(|c| !matches!(c, '+' | ' ' | '-' | '.' | '(' | ')'))
-            .collect();
+        let mut digits = String::with_capacity(raw.len());
+        digits.extend(
+            raw.chars()
+                .filter(|c| !matches!(c, '+' | ' ' | '-' | '.' | '(' | ')')),
+        );
         if digits.is_empty() {
             return Err("must be a phone number with country code, e.g. +593987654321".into());
         }
@@ -44,7 +45,11 @@ impl Recipient {
     /// For logs: first and last three digits kept, like `593******321`.
     pub fn masked(&self) -> String {
         let n = self.0.len();
-        format!("{}{}{}", &self.0[..3], "*".repeat(n - 6), &self.0[n - 3..])
+        let mut masked = String::with_capacity(n);
+        masked.push_str(&self.0[..3]);
+        masked.extend(std::iter::repeat_n('*', n - 6));
+        masked.push_str(&self.0[n - 3..]);
+        masked
     }
 }
 

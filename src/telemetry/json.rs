@@ -19,8 +19,6 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -161,14 +159,62 @@ fn json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
     let _ = value.serialize(&mut serde_json::Serializer::new(out));
 }
 
-/// `fmt::Write` onto a line's bytes, for the timestamp.
-struct Bytes<'a>(&'a mut Vec<u8>);
-
-impl fmt::Write for Bytes<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
+/// Appends the current time as RFC 3339 in UTC with microseconds,
+/// `2026-11-26T23:19:53.163580Z` (tracing-subscriber's format). The text up to the
+/// second is kept per thread and reused within the second.
+fn timestamp(out: &mut Vec<u8>) {
+    thread_local! {
+        static SECOND: RefCell<(u64, [u8; 20])> = const { RefCell::new((u64::MAX, [0; 20])) };
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (seconds, micros) = (now.as_secs(), now.subsec_micros());
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != seconds {
+            *text = until_second(seconds);
+            *cached = seconds;
+        }
+        out.extend_from_slice(text);
+    });
+    let mut digits = [b'0'; 6];
+    let mut rest = micros;
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits);
+    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `seconds` since the Unix epoch (years up to 9999), by the
+/// civil-from-days algorithm (H. Hinnant).
+fn until_second(seconds: u64) -> [u8; 20] {
+    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let mut text = *b"0000-00-00T00:00:00.";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for slot in text[at..at + width].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, of_day / 3_600);
+    put(14, 2, of_day % 3_600 / 60);
+    put(17, 2, of_day % 60);
+    text
 }
 
 impl<W> JsonLines<W> {
@@ -194,7 +240,7 @@ impl<W> JsonLines<W> {
         out.extend_from_slice(b",\"target\":");
         json(out, metadata.target());
         out.extend_from_slice(b",\"timestamp\":\"");
-        let _ = SystemTime.format_time(&mut Writer::new(&mut Bytes(out)));
+        timestamp(out);
         out.extend_from_slice(b"\"}\n");
     }
 }
@@ -348,6 +394,35 @@ mod tests {
         let at = line.rfind(",\"timestamp\":\"").expect("a timestamp");
         assert!(line.ends_with("Z\"}"), "{line}");
         &line[..at]
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        for (seconds, text) in [
+            (0, "1970-01-01T00:00:00."),
+            (951_782_400, "2000-02-29T00:00:00."),
+            (1_709_251_199, "2024-02-29T23:59:59."),
+            (1_798_761_599, "2026-12-31T23:59:59."),
+            (1_798_761_600, "2027-01-01T00:00:00."),
+            (253_402_300_799, "9999-12-31T23:59:59."),
+        ] {
+            assert_eq!(std::str::from_utf8(&until_second(seconds)).unwrap(), text);
+        }
+        // The same text as tracing-subscriber's clock, taken around it.
+        let mut reference = String::new();
+        let mut ours = Vec::new();
+        use tracing_subscriber::fmt::time::FormatTime;
+        tracing_subscriber::fmt::time::SystemTime
+            .format_time(&mut tracing_subscriber::fmt::format::Writer::new(
+                &mut reference,
+            ))
+            .unwrap();
+        timestamp(&mut ours);
+        let ours = String::from_utf8(ours).unwrap();
+        assert_eq!(ours.len(), reference.len(), "{ours} vs {reference}");
+        assert!(ours.ends_with('Z') && ours.as_bytes()[19] == b'.', "{ours}");
+        // Taken microseconds apart: the same up to the second, bar a second boundary.
+        assert!(ours[..17] == reference[..17], "{ours} vs {reference}");
     }
 
     #[test]
