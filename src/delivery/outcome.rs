@@ -146,6 +146,23 @@ pub fn classify_transport(error: &reqwest::Error) -> DeliveryFailure {
 }
 
 /// `Retry-After` (delta-seconds or HTTP-date), else `X-RateLimit-Reset` (seconds).
+/// The headers of an answer that its classification reads (through [`retry_after`]).
+const HINT_HEADERS: [header::HeaderName; 2] = [
+    header::RETRY_AFTER,
+    header::HeaderName::from_static("x-ratelimit-reset"),
+];
+
+/// The headers of `all` that [`classify_response`] reads, without copying the rest.
+pub fn hint_headers(all: &HeaderMap) -> HeaderMap {
+    let mut hints = HeaderMap::new();
+    for name in HINT_HEADERS {
+        if let Some(value) = all.get(&name) {
+            hints.insert(name, value.clone());
+        }
+    }
+    hints
+}
+
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = |name| {
         headers
@@ -161,7 +178,7 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             return Some(date.duration_since(now).unwrap_or_default());
         }
     }
-    text(header::HeaderName::from_static("x-ratelimit-reset"))
+    text(HINT_HEADERS[1].clone())
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_secs)
 }
@@ -217,6 +234,24 @@ mod tests {
         let failure = classify(404, br#"{"code":"bot_not_found","message":"no"}"#).unwrap_err();
         assert_eq!(failure.kind, FailureKind::AuthFailed);
         assert_eq!(failure.upstream.unwrap().description.as_deref(), Some("no"));
+    }
+
+    #[test]
+    fn hint_headers_keep_what_retry_after_reads() {
+        let now = SystemTime::UNIX_EPOCH;
+        for (name, value) in [("retry-after", "7"), ("x-ratelimit-reset", "9")] {
+            let mut all = HeaderMap::new();
+            all.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+            all.insert(
+                header::HeaderName::from_static(name),
+                value.parse().unwrap(),
+            );
+            let hints = hint_headers(&all);
+            assert_eq!(hints.len(), 1);
+            assert_eq!(retry_after(&hints, now), retry_after(&all, now));
+            assert!(retry_after(&hints, now).is_some());
+        }
+        assert!(hint_headers(&HeaderMap::new()).is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::header;
 
-use crate::delivery::outcome::{classify_response, classify_transport};
+use crate::delivery::outcome::{classify_response, classify_transport, hint_headers};
 use crate::delivery::{
     Delivered, DeliveryFailure, DeliveryFuture, DeliveryState, FailureKind, Outbound,
 };
@@ -75,7 +75,7 @@ impl JelouClient {
                 classify_transport(&e)
             })?;
         let status = response.status();
-        let headers = response.headers().clone();
+        let headers = hint_headers(response.headers());
         let body = read_capped(response).await;
         classify_response(status, &headers, body.as_deref()).map_err(|mut failure| {
             // Whatever Jelou says goes to logs and callers: never let it echo the secret.
