@@ -1055,6 +1055,12 @@ impl BasicAuthorization {
     pub fn header(&self) -> &http::HeaderValue {
         &self.0
     }
+
+    /// `base64(client_id:client_secret)`: the header without its scheme.
+    fn encoded_pair(&self) -> &str {
+        let value = self.0.to_str().unwrap_or_default();
+        value.strip_prefix("Basic ").unwrap_or(value)
+    }
 }
 
 impl fmt::Debug for BasicAuthorization {
@@ -1081,19 +1087,11 @@ impl Credentials {
         &self.client_id
     }
 
-    pub fn client_secret(&self) -> &SecretString {
-        &self.client_secret
-    }
-
     /// `text` with the secret, and the Basic pair that carries it, replaced: for text
     /// that comes back from Jelou and is logged or shown.
     pub fn scrub(&self, text: &str) -> String {
-        use base64::Engine;
-        let secret = self.client_secret.expose_secret();
-        let pair = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{secret}", self.client_id));
-        text.replace(&pair, "[REDACTED]")
-            .replace(secret, "[REDACTED]")
+        text.replace(self.authorization.encoded_pair(), "[REDACTED]")
+            .replace(self.client_secret.expose_secret(), "[REDACTED]")
     }
 }
 
@@ -1174,6 +1172,22 @@ impl BotRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrub_removes_the_secret_and_the_basic_pair_that_carries_it() {
+        use base64::Engine;
+        let credentials = Credentials::new("relay-client".into(), "s3cr3t".into());
+        let pair = base64::engine::general_purpose::STANDARD.encode("relay-client:s3cr3t");
+        assert_eq!(
+            credentials.authorization().to_str().unwrap(),
+            format!("Basic {pair}")
+        );
+        assert_eq!(
+            credentials.scrub(&format!("bad s3cr3t in Basic {pair}.")),
+            "bad [REDACTED] in Basic [REDACTED]."
+        );
+        assert!(!format!("{credentials:?}").contains(&pair));
+    }
 
     fn settings() -> Settings {
         Settings::load(Path::new("config"), Environment::Local).expect("default config loads")

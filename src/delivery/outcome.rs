@@ -145,7 +145,6 @@ pub fn classify_transport(error: &reqwest::Error) -> DeliveryFailure {
     }
 }
 
-/// `Retry-After` (delta-seconds or HTTP-date), else `X-RateLimit-Reset` (seconds).
 /// The headers of an answer that its classification reads (through [`retry_after`]).
 const HINT_HEADERS: [header::HeaderName; 2] = [
     header::RETRY_AFTER,
@@ -163,6 +162,7 @@ pub fn hint_headers(all: &HeaderMap) -> HeaderMap {
     hints
 }
 
+/// `Retry-After` (delta-seconds or HTTP-date), else `X-RateLimit-Reset` (seconds).
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = |name| {
         headers
