@@ -4,12 +4,15 @@
 In one run, on one machine, against the Jelou simulator (no added latency):
   direct  - the load tool calls the simulator itself (the physical limit);
   nginx   - nginx proxies to it, injecting the Authorization header, validating nothing;
+  floor   - the same pass-through built from the relay's own stack and nothing else (axum,
+            hyper, reqwest, tokio, jemalloc; benches/floor.rs): what the libraries cost;
   relay   - jelou-relay in its production configuration (JSON logs at info to a file,
             validation, caller auth, rate limits set above the load, no idempotency key).
 Same message, same load tool (wrk), each concurrency level, rounds alternating the order
-of the three so that drift on a shared machine hits all of them alike. Then: memory under
-pressure (10,000 concurrent requests, an upstream that answers after 1 s), and start-up
-time to /readyz.
+of the four so that drift on a shared machine hits all of them alike. Then: memory under
+pressure (10,000 concurrent requests, an upstream that answers after 1 s), what axum and
+hyper alone hold at 1,024 connections (the floor answering by itself), and start-up time to
+/readyz.
 
     python3 benches/bench.py                 # the full run (about 10 minutes)
     python3 benches/bench.py --smoke         # a short run, as .ci/run does
@@ -38,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "jelou-relay"
+FLOOR = ROOT / "target" / "release" / "examples" / "floor"
 WRK_SCRIPT = ROOT / "benches" / "wrk.lua"
 
 CLIENT_ID = "bench-client"
@@ -49,6 +53,7 @@ DIGITS = "593987654321"
 PORT_SIM, PORT_NGINX, PORT_RELAY, PORT_ADMIN = 19081, 19082, 19080, 19090
 PORT_SLOW_SIM, PORT_PRESSURE, PORT_PRESSURE_ADMIN = 19083, 19084, 19094
 PORT_STARTUP, PORT_STARTUP_ADMIN = 19085, 19095
+PORT_FLOOR, PORT_FLOOR_LOCAL = 19086, 19087
 
 RELAY_MESSAGE = {
     "bot": "ventas",
@@ -306,6 +311,8 @@ def summarize(runs, levels, names):
             row = rows[name]
             row["rps_vs_direct"] = round(row["rps"] / direct["rps"], 3)
             row["rps_vs_nginx"] = round(row["rps"] / rows["nginx"]["rps"], 3)
+            if "floor" in rows:
+                row["rps_vs_floor"] = round(row["rps"] / rows["floor"]["rps"], 3)
             row["added_p50_ms"] = round(row["p50_ms"] - direct["p50_ms"], 3)
             row["added_p99_ms"] = round(row["p99_ms"] - direct["p99_ms"], 3)
         summary.append({"connections": level, "targets": rows})
@@ -375,6 +382,22 @@ def pressure(procs, work, connections, duration, bounds):
     return row
 
 
+def stack_memory(procs, work, connections, duration):
+    """What axum and hyper alone hold: the floor answering by itself (no upstream call) to
+    `connections` connections, each sending the message again as soon as it has its answer."""
+    floor = procs.start([str(FLOOR), "--local", "--port", str(PORT_FLOOR_LOCAL),
+                         "--upstream", "http://127.0.0.1:1", "--authorization", "unused"],
+                        work / "floor-local.log")
+    wait_http(PORT_FLOOR_LOCAL, "/", want=200)
+    target = Target("floor-local", f"http://127.0.0.1:{PORT_FLOOR_LOCAL}{JELOU_PATH}", JELOU_BODY,
+                    {}, [floor.pid])
+    idle_rss = peak_rss_kib([floor.pid])
+    row = measure(work, target, connections, duration)
+    procs.stop(floor)
+    return {"connections": connections, "rps": row["rps"], "errors": row["errors"],
+            "idle_rss_kib": idle_rss, "peak_rss_kib": row["peak_rss_kib"]}
+
+
 def fetch(port, path):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())
@@ -438,9 +461,10 @@ def chart(summary, levels, names, path):
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"direct": ("#888888", "o"), "nginx": ("#2a7ab9", "s"), "relay": ("#d9541e", "^")}
+    styles = {"direct": ("#888888", "o"), "nginx": ("#2a7ab9", "s"), "floor": ("#4f9a3a", "D"),
+              "relay": ("#d9541e", "^")}
     labels = {"direct": "direct to upstream", "nginx": "nginx (Authorization injected)",
-              "relay": "jelou-relay"}
+              "floor": "axum + reqwest pass-through (stack floor)", "relay": "jelou-relay"}
     for name in names:
         color, marker = styles[name]
         rps = [s["targets"][name]["rps"] for s in summary]
@@ -462,18 +486,18 @@ def chart(summary, levels, names, path):
     fig.savefig(path, dpi=110)
 
 
-def print_tables(summary, half, pressure_rows, start, info):
+def print_tables(summary, half, pressure_rows, stack, start, info):
     print(f"\nMachine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, "
           f"kernel {info['kernel']}; {info['nginx']}; {info['wrk']}; {info['relay']}\n")
-    print("| conns | target | req/s | vs nginx | vs direct | p50 ms | p99 ms | p99.9 ms "
+    print("| conns | target | req/s | vs nginx | vs floor | vs direct | p50 ms | p99 ms | p99.9 ms "
           "| added p50 ms | added p99 ms | CPU µs/req | peak RSS MiB | errors |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for level in summary:
         for name, row in level["targets"].items():
             rss = f"{row['peak_rss_kib'] / 1024:.1f}" if row["peak_rss_kib"] else "—"
             cpu = f"{row['cpu_us_per_request']:.0f}" if row["cpu_us_per_request"] else "—"
             print(f"| {level['connections']} | {name} | {row['rps']:.0f} | {row['rps_vs_nginx']:.2f} "
-                  f"| {row['rps_vs_direct']:.2f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+                  f"| {row['rps_vs_floor']:.2f} | {row['rps_vs_direct']:.2f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
                   f"| {row['p999_ms']:.2f} | {row['added_p50_ms']:+.2f} | {row['added_p99_ms']:+.2f} "
                   f"| {cpu} | {rss} | {row['errors']} |")
     print(f"\nHalf of the relay's saturation: {half['connections']} connections pausing on average "
@@ -495,6 +519,9 @@ def print_tables(summary, half, pressure_rows, start, info):
         print(f"| {row['bounds']} | {row['connections']} | {answered} | {errors or 'none'} "
               f"| {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['idle_rss_kib'] / 1024:.1f} "
               f"| {row['peak_rss_kib'] / 1024:.1f} |")
+    print(f"\naxum + hyper alone (the floor answering by itself, no upstream call), "
+          f"{stack['connections']} connections: {stack['rps']:.0f} req/s, idle RSS "
+          f"{stack['idle_rss_kib'] / 1024:.1f} MiB, peak RSS {stack['peak_rss_kib'] / 1024:.1f} MiB")
     print(f"\nStart-up to /readyz 200: median {start['median_ms']} ms "
           f"(min {start['min_ms']}, max {start['max_ms']}, {start['runs']} runs)")
 
@@ -512,14 +539,21 @@ def main():
                         help="a short run that checks the harness works (CI)")
     parser.add_argument("--skip-build", action="store_true")
     parser.add_argument("--binary", help="a jelou-relay binary to use instead of building one")
+    parser.add_argument("--floor", help="a floor binary (benches/floor.rs, built as the example "
+                        "`floor`) to use instead of building one")
+    parser.add_argument("--stack-connections", type=int, default=1024,
+                        help="connections for the axum + hyper memory floor")
     args = parser.parse_args()
-    global BIN
+    global BIN, FLOOR
     if args.binary:
         BIN = Path(args.binary).resolve()
         args.skip_build = True
+    if args.floor:
+        FLOOR = Path(args.floor).resolve()
     if args.smoke:
         args.levels, args.duration, args.rounds = "1,16", 2, 1
         args.pressure_connections, args.pressure_duration, args.startup_runs = 500, 3, 3
+        args.stack_connections = 100
     levels = [int(level) for level in args.levels.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -534,16 +568,21 @@ def main():
         log("== cargo build --release")
         subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "jelou-relay"],
                        cwd=ROOT, check=True)
+    if not args.floor and (not args.skip_build or not FLOOR.exists()):
+        log("== cargo build --release --example floor")
+        subprocess.run(["cargo", "build", "--release", "--locked", "--example", "floor"],
+                       cwd=ROOT, check=True)
 
     busy = [port for port in (PORT_SIM, PORT_NGINX, PORT_RELAY, PORT_ADMIN, PORT_SLOW_SIM,
-                              PORT_PRESSURE, PORT_PRESSURE_ADMIN, PORT_STARTUP, PORT_STARTUP_ADMIN)
+                              PORT_PRESSURE, PORT_PRESSURE_ADMIN, PORT_STARTUP, PORT_STARTUP_ADMIN,
+                              PORT_FLOOR, PORT_FLOOR_LOCAL)
             if http_status(port, "/") is not None or port_taken(port)]
     if busy:
         raise SystemExit(f"ports already in use: {busy}; stop whatever listens there first")
     work = Path(tempfile.mkdtemp(prefix="jelou-bench-"))
     procs = Processes()
     try:
-        log(f"== starting the simulator, nginx and the relay (logs in {work})")
+        log(f"== starting the simulator, nginx, the floor and the relay (logs in {work})")
         sim = procs.start([str(BIN), "simulate", "--host", "127.0.0.1", "--port", str(PORT_SIM),
                            "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET],
                           work / "simulator.log")
@@ -555,13 +594,17 @@ def main():
         conf = work / "nginx.conf"
         conf.write_text(NGINX_CONF.format(work=work, sim=PORT_SIM, port=PORT_NGINX, basic=BASIC))
         nginx = procs.start(["nginx", "-c", str(conf), "-p", str(work)], work / "nginx.out")
+        floor = procs.start([str(FLOOR), "--port", str(PORT_FLOOR),
+                             "--upstream", f"http://127.0.0.1:{PORT_SIM}", "--authorization", BASIC],
+                            work / "floor.log")
         relay = procs.start([str(BIN), "serve"], work / "relay.log",
                             relay_env(PORT_SIM, PORT_RELAY, PORT_ADMIN))
         wait_http(PORT_SIM, "/_simulator/stats", want=200)
         wait_http(PORT_SLOW_SIM, "/_simulator/stats", want=200)
         wait_http(PORT_NGINX, "/_simulator/stats", want=200)
+        wait_http(PORT_FLOOR, "/_simulator/stats", want=200)
         wait_http(PORT_RELAY, "/readyz", want=200)
-        for child in (sim, slow, nginx, relay):
+        for child in (sim, slow, nginx, floor, relay):
             if child.poll() is not None:
                 raise SystemExit(f"{child.args[0]} exited at start (logs in {work})")
         targets = [
@@ -569,6 +612,8 @@ def main():
                    {"Authorization": BASIC}, [sim.pid]),
             Target("nginx", f"http://127.0.0.1:{PORT_NGINX}{JELOU_PATH}", JELOU_BODY, {},
                    nginx_pids(nginx.pid)),
+            Target("floor", f"http://127.0.0.1:{PORT_FLOOR}{JELOU_PATH}", JELOU_BODY, {},
+                   [floor.pid]),
             Target("relay", f"http://127.0.0.1:{PORT_RELAY}/v1/flow-messages", RELAY_MESSAGE,
                    {"Authorization": f"Bearer {CALLER_KEY}"}, [relay.pid]),
         ]
@@ -598,6 +643,10 @@ def main():
         log(f"== memory under pressure: {args.pressure_connections} connections, upstream 1 s")
         pressure_rows = [pressure(procs, work, args.pressure_connections, args.pressure_duration, b)
                          for b in ("default", "raised")]
+        procs.stop(floor)
+        log(f"== axum + hyper alone: the floor answering by itself, "
+            f"{args.stack_connections} connections")
+        stack = stack_memory(procs, work, args.stack_connections, args.duration)
         log("== start-up")
         procs.stop(relay)
         start = startup(procs, work, args.startup_runs)
@@ -614,6 +663,7 @@ def main():
         "summary": summary,
         "half_saturation": half,
         "pressure": pressure_rows,
+        "stack_memory": stack,
         "startup": start,
         "relay_log_lines": relay_log_lines,
         "runs": runs,
@@ -625,7 +675,7 @@ def main():
         writer.writerows(runs)
         writer.writerows({**row, "connections": f"paced-{row['connections']}"} for row in paced_runs)
     chart(summary, levels, names, out / "chart.png")
-    print_tables(summary, half, pressure_rows, start, info)
+    print_tables(summary, half, pressure_rows, stack, start, info)
     print(f"\nrelay log: {relay_log_lines} lines written to a file during the run")
     print(f"raw results: {out / 'results.json'}, {out / 'runs.csv'}; chart: {out / 'chart.png'}")
     if bad:

@@ -1,0 +1,192 @@
+//! The stack's floor: what axum, hyper and reqwest cost on their own.
+//!
+//! A pass-through proxy built from the relay's required libraries and nothing else: it does
+//! what the benchmark's nginx does (forward the request to the upstream with the
+//! `Authorization` header injected, hand back status and body) and none of what the relay
+//! adds (no validation, no caller key, no rate limits, no logs, no metrics, no request ids).
+//! It runs the way the relay runs: one single-threaded tokio runtime per CPU, each with its
+//! own listener (`SO_REUSEPORT`) and its own reqwest client, so no task is woken across
+//! threads; the same allocator (jemalloc) and the same release profile.
+//!
+//! `benches/bench.py` measures it beside direct, nginx and the relay: the gap between the
+//! floor and nginx is what the libraries cost, the gap between the relay and the floor is
+//! what the relay's own work costs.
+//!
+//! ```text
+//! cargo build --release --example floor
+//! target/release/examples/floor --port 19083 --upstream http://127.0.0.1:19081 \
+//!     --authorization "Basic ..."
+//! ```
+//!
+//! With `--local` it answers `{}` itself instead of calling the upstream: what axum and hyper
+//! alone spend and hold per connection.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+#[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Clone)]
+struct Upstream {
+    client: reqwest::Client,
+    base: String,
+    authorization: HeaderValue,
+}
+
+async fn forward(State(upstream): State<Upstream>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, 1 << 20).await {
+        Ok(body) => body,
+        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut outbound = upstream
+        .client
+        .request(parts.method.clone(), format!("{}{path}", upstream.base))
+        .header(header::AUTHORIZATION, upstream.authorization.clone())
+        .body(body);
+    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+        outbound = outbound.header(header::CONTENT_TYPE, content_type.clone());
+    }
+    match outbound.send().await {
+        Ok(answer) => {
+            let status = answer.status();
+            let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+            let body: Bytes = answer.bytes().await.unwrap_or_default();
+            let mut response = (status, body).into_response();
+            if let Some(content_type) = content_type {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, content_type);
+            }
+            response
+        }
+        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
+
+struct Args {
+    port: u16,
+    local: bool,
+    upstream: String,
+    authorization: String,
+    threads: usize,
+}
+
+fn args() -> Result<Args, String> {
+    let mut port = None;
+    let mut upstream = None;
+    let mut authorization = None;
+    let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut local = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--local" {
+            local = true;
+            continue;
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--port" => port = Some(value.parse().map_err(|_| "--port: not a port")?),
+            "--upstream" => upstream = Some(value.trim_end_matches('/').to_owned()),
+            "--authorization" => authorization = Some(value),
+            "--threads" => threads = value.parse().map_err(|_| "--threads: not a number")?,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(Args {
+        port: port.ok_or("--port is required")?,
+        local,
+        upstream: upstream.ok_or("--upstream is required")?,
+        authorization: authorization.ok_or("--authorization is required")?,
+        threads: threads.max(1),
+    })
+}
+
+/// `--local`: reads the request and answers at once, as the simulator would, with no
+/// upstream call: what axum and hyper alone hold and spend per connection.
+async fn answer(request: Request) -> Response {
+    match axum::body::to_bytes(request.into_body(), 1 << 20).await {
+        Ok(_) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            "{}",
+        )
+            .into_response(),
+        Err(_) => StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+    }
+}
+
+fn serve(address: SocketAddr, upstream: Upstream, local: bool) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(address)?;
+        let listener = socket.listen(4096)?;
+        let app = if local {
+            Router::new().fallback(answer)
+        } else {
+            Router::new().fallback(forward).with_state(upstream)
+        };
+        axum::serve(listener, app).await
+    })
+}
+
+fn main() {
+    let args = match args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("floor: {message}");
+            std::process::exit(2);
+        }
+    };
+    let authorization = match HeaderValue::from_str(&args.authorization) {
+        Ok(mut value) => {
+            value.set_sensitive(true);
+            value
+        }
+        Err(_) => {
+            eprintln!("floor: --authorization is not a valid header value");
+            std::process::exit(2);
+        }
+    };
+    let address = SocketAddr::from(([127, 0, 0, 1], args.port));
+    let local = args.local;
+    let threads: Vec<_> = (0..args.threads)
+        .map(|_| {
+            let upstream = Upstream {
+                client: reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .expect("an HTTP client with the default TLS roots"),
+                base: args.upstream.clone(),
+                authorization: authorization.clone(),
+            };
+            std::thread::spawn(move || serve(address, upstream, local))
+        })
+        .collect();
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                eprintln!("floor: {error}");
+                std::process::exit(1);
+            }
+            Err(_) => std::process::exit(1),
+        }
+    }
+}
