@@ -14,7 +14,7 @@ pressure (10,000 concurrent requests, an upstream that answers after 1 s), what 
 hyper alone hold at 1,024 connections (the floor answering by itself), and start-up time to
 /readyz.
 
-    python3 benches/bench.py                 # the full run (about 10 minutes)
+    python3 benches/bench.py                 # the full run (about 11 minutes after the builds)
     python3 benches/bench.py --smoke         # a short run, as .ci/run does
 
 Writes results.json, runs.csv and chart.png to --out (benches/results by default) and
