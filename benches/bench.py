@@ -521,7 +521,8 @@ def print_tables(summary, half, pressure_rows, stack, start, info):
               f"| {row['peak_rss_kib'] / 1024:.1f} |")
     print(f"\naxum + hyper alone (the floor answering by itself, no upstream call), "
           f"{stack['connections']} connections: {stack['rps']:.0f} req/s, idle RSS "
-          f"{stack['idle_rss_kib'] / 1024:.1f} MiB, peak RSS {stack['peak_rss_kib'] / 1024:.1f} MiB")
+          f"{stack['idle_rss_kib'] / 1024:.1f} MiB, peak RSS {stack['peak_rss_kib'] / 1024:.1f} MiB, "
+          f"errors {stack['errors']}")
     print(f"\nStart-up to /readyz 200: median {start['median_ms']} ms "
           f"(min {start['min_ms']}, max {start['max_ms']}, {start['runs']} runs)")
 
@@ -647,6 +648,9 @@ def main():
         log(f"== axum + hyper alone: the floor answering by itself, "
             f"{args.stack_connections} connections")
         stack = stack_memory(procs, work, args.stack_connections, args.duration)
+        if stack["errors"]:
+            bad.append({"target": "floor --local", "connections": stack["connections"],
+                        "round": 1, "errors": stack["errors"]})
         log("== start-up")
         procs.stop(relay)
         start = startup(procs, work, args.startup_runs)
