@@ -11,8 +11,8 @@ In one run, on one machine, against the Jelou simulator (no added latency):
 Same message, same load tool (wrk), each concurrency level, rounds alternating the order
 of the four so that drift on a shared machine hits all of them alike. Then: memory under
 pressure (10,000 concurrent requests, an upstream that answers after 1 s), what axum and
-hyper alone hold at 1,024 connections (the floor answering by itself), and start-up time to
-/readyz.
+hyper hold at 1,024 connections with no work (the floor answering by itself), and start-up
+time to /readyz.
 
     python3 benches/bench.py                 # the full run (about 11 minutes after the builds)
     python3 benches/bench.py --smoke         # a short run, as .ci/run does
@@ -311,8 +311,7 @@ def summarize(runs, levels, names):
             row = rows[name]
             row["rps_vs_direct"] = round(row["rps"] / direct["rps"], 3)
             row["rps_vs_nginx"] = round(row["rps"] / rows["nginx"]["rps"], 3)
-            if "floor" in rows:
-                row["rps_vs_floor"] = round(row["rps"] / rows["floor"]["rps"], 3)
+            row["rps_vs_floor"] = round(row["rps"] / rows["floor"]["rps"], 3)
             row["added_p50_ms"] = round(row["p50_ms"] - direct["p50_ms"], 3)
             row["added_p99_ms"] = round(row["p99_ms"] - direct["p99_ms"], 3)
         summary.append({"connections": level, "targets": rows})
@@ -383,10 +382,10 @@ def pressure(procs, work, connections, duration, bounds):
 
 
 def stack_memory(procs, work, connections, duration):
-    """What axum and hyper alone hold: the floor answering by itself (no upstream call) to
-    `connections` connections, each sending the message again as soon as it has its answer."""
-    floor = procs.start([str(FLOOR), "--local", "--port", str(PORT_FLOOR_LOCAL),
-                         "--upstream", "http://127.0.0.1:1", "--authorization", "unused"],
+    """What axum and hyper hold with no work: the floor answering by itself (no upstream
+    call; reqwest's client built but unused) to `connections` connections, each sending the
+    message again as soon as it has its answer."""
+    floor = procs.start([str(FLOOR), "--local", "--port", str(PORT_FLOOR_LOCAL)],
                         work / "floor-local.log")
     wait_http(PORT_FLOOR_LOCAL, "/", want=200)
     target = Target("floor-local", f"http://127.0.0.1:{PORT_FLOOR_LOCAL}{JELOU_PATH}", JELOU_BODY,
@@ -519,7 +518,7 @@ def print_tables(summary, half, pressure_rows, stack, start, info):
         print(f"| {row['bounds']} | {row['connections']} | {answered} | {errors or 'none'} "
               f"| {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['idle_rss_kib'] / 1024:.1f} "
               f"| {row['peak_rss_kib'] / 1024:.1f} |")
-    print(f"\naxum + hyper alone (the floor answering by itself, no upstream call), "
+    print(f"\naxum + hyper with no work (the floor answering by itself, no upstream call), "
           f"{stack['connections']} connections: {stack['rps']:.0f} req/s, idle RSS "
           f"{stack['idle_rss_kib'] / 1024:.1f} MiB, peak RSS {stack['peak_rss_kib'] / 1024:.1f} MiB, "
           f"errors {stack['errors']}")
@@ -645,7 +644,7 @@ def main():
         pressure_rows = [pressure(procs, work, args.pressure_connections, args.pressure_duration, b)
                          for b in ("default", "raised")]
         procs.stop(floor)
-        log(f"== axum + hyper alone: the floor answering by itself, "
+        log(f"== axum + hyper with no work: the floor answering by itself, "
             f"{args.stack_connections} connections")
         stack = stack_memory(procs, work, args.stack_connections, args.duration)
         if stack["errors"]:

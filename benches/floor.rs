@@ -14,12 +14,14 @@
 //!
 //! ```text
 //! cargo build --release --example floor
-//! target/release/examples/floor --port 19083 --upstream http://127.0.0.1:19081 \
+//! target/release/examples/floor --port 19086 --upstream http://127.0.0.1:19081 \
 //!     --authorization "Basic ..."
+//! target/release/examples/floor --port 19087 --local
 //! ```
 //!
-//! With `--local` it answers `{}` itself instead of calling the upstream: what axum and hyper
-//! alone spend and hold per connection.
+//! With `--local` it answers `{}` itself instead of calling an upstream (so it needs neither
+//! `--upstream` nor `--authorization`): what axum and hyper spend and hold per connection,
+//! with reqwest's client built but unused (a relay cannot do without one).
 
 use std::net::SocketAddr;
 
@@ -33,6 +35,9 @@ use axum::response::{IntoResponse, Response};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The largest request body read (the relay's own limit is far below it).
+const MAX_BODY: usize = 1 << 20;
+
 #[derive(Clone)]
 struct Upstream {
     client: reqwest::Client,
@@ -42,7 +47,7 @@ struct Upstream {
 
 async fn forward(State(upstream): State<Upstream>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, 1 << 20).await {
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
         Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
     };
@@ -74,9 +79,8 @@ async fn forward(State(upstream): State<Upstream>, request: Request) -> Response
 
 struct Args {
     port: u16,
-    local: bool,
-    upstream: String,
-    authorization: String,
+    /// The upstream's base URL and the `Authorization` value to inject; `None` with `--local`.
+    upstream: Option<(String, String)>,
     threads: usize,
 }
 
@@ -101,19 +105,25 @@ fn args() -> Result<Args, String> {
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
+    let upstream = if local {
+        None
+    } else {
+        Some((
+            upstream.ok_or("--upstream is required (or --local)")?,
+            authorization.ok_or("--authorization is required (or --local)")?,
+        ))
+    };
     Ok(Args {
         port: port.ok_or("--port is required")?,
-        local,
-        upstream: upstream.ok_or("--upstream is required")?,
-        authorization: authorization.ok_or("--authorization is required")?,
+        upstream,
         threads: threads.max(1),
     })
 }
 
 /// `--local`: reads the request and answers at once, as the simulator would, with no
-/// upstream call: what axum and hyper alone hold and spend per connection.
+/// upstream call.
 async fn answer(request: Request) -> Response {
-    match axum::body::to_bytes(request.into_body(), 1 << 20).await {
+    match axum::body::to_bytes(request.into_body(), MAX_BODY).await {
         Ok(_) => (
             [(
                 header::CONTENT_TYPE,
@@ -126,7 +136,7 @@ async fn answer(request: Request) -> Response {
     }
 }
 
-fn serve(address: SocketAddr, upstream: Upstream, local: bool) -> std::io::Result<()> {
+fn serve(address: SocketAddr, app: Router) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -137,11 +147,6 @@ fn serve(address: SocketAddr, upstream: Upstream, local: bool) -> std::io::Resul
         socket.set_nodelay(true)?;
         socket.bind(address)?;
         let listener = socket.listen(4096)?;
-        let app = if local {
-            Router::new().fallback(answer)
-        } else {
-            Router::new().fallback(forward).with_state(upstream)
-        };
         axum::serve(listener, app).await
     })
 }
@@ -154,29 +159,44 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let authorization = match HeaderValue::from_str(&args.authorization) {
-        Ok(mut value) => {
-            value.set_sensitive(true);
-            value
-        }
-        Err(_) => {
-            eprintln!("floor: --authorization is not a valid header value");
-            std::process::exit(2);
-        }
+    let upstream = match args.upstream {
+        None => None,
+        Some((base, authorization)) => match HeaderValue::from_str(&authorization) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                Some((base, value))
+            }
+            Err(_) => {
+                eprintln!("floor: --authorization is not a valid header value");
+                std::process::exit(2);
+            }
+        },
     };
     let address = SocketAddr::from(([127, 0, 0, 1], args.port));
-    let local = args.local;
     let threads: Vec<_> = (0..args.threads)
         .map(|_| {
-            let upstream = Upstream {
-                client: reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .expect("an HTTP client with the default TLS roots"),
-                base: args.upstream.clone(),
-                authorization: authorization.clone(),
+            // Each thread its own client, so its pool of upstream connections stays on it.
+            // With `--local` the client is built all the same and kept unused: no relay runs
+            // without one, so the memory floor includes it.
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("an HTTP client with the default TLS roots");
+            let (app, unused) = match &upstream {
+                None => (Router::new().fallback(answer), Some(client)),
+                Some((base, authorization)) => (
+                    Router::new().fallback(forward).with_state(Upstream {
+                        client,
+                        base: base.clone(),
+                        authorization: authorization.clone(),
+                    }),
+                    None,
+                ),
             };
-            std::thread::spawn(move || serve(address, upstream, local))
+            std::thread::spawn(move || {
+                let _client = unused;
+                serve(address, app)
+            })
         })
         .collect();
     for thread in threads {
