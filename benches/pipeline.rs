@@ -10,7 +10,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jelou_relay::config::{Environment, Settings};
 use jelou_relay::domain::FlowMessage;
 use jelou_relay::domain::strict_json::parse_object;
-use jelou_relay::jelou::build_outbound;
+use jelou_relay::jelou::FlowRequest;
 use url::Url;
 
 const SEED: &[u8] = br#"{"bot":"ventas","to":"+593 98 765 4321","title":"Hola","text":"Completa este flujo para comenzar","caption":"Jelou","flow":{"name":"flujo_de_bienvenida","cta":"Iniciar Flujo","screen":"RECOMMEND"}}"#;
@@ -29,7 +29,6 @@ fn pipeline(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = runtime.enter();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
 
     let mut group = c.benchmark_group("message");
     for (name, body) in [("seed", SEED), ("full", FULL)] {
@@ -52,7 +51,7 @@ fn pipeline(c: &mut Criterion) {
                     .map(str::to_owned);
                 let message = FlowMessage::parse(object).unwrap();
                 let bot = config.bots.resolve(alias.as_deref()).unwrap();
-                build_outbound(&base, bot, &message, "req-1".into(), deadline)
+                FlowRequest::build(&base, bot, &message, "req-1".into(), None)
             })
         });
     }

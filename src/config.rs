@@ -1,6 +1,6 @@
 //! Settings: layered loading (file, environment file, env vars) and validation into a runtime config.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +10,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+pub use crate::api::auth::{Caller, Callers};
+pub use crate::delivery::{DeliveryConfig, UnsafeRetry};
+pub use crate::domain::bots::{Bot, BotLookupError, BotRegistry, DEFAULT_BOT_RATE, RateSettings};
 use crate::domain::flow_message::is_valid_alias;
+pub use crate::jelou::credentials::{CredentialBook, Credentials};
+pub use crate::store::{FailureMode, RedisConfig, StoreConfig};
 
 /// Environment variables override files as `JELOU_RELAY__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "JELOU_RELAY";
@@ -97,29 +102,6 @@ pub struct DeliverySettings {
     pub rate_limit_max_wait_ms: u64,
 }
 
-/// Failure classes whose outcome is unknown; retrying them may send a message twice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum UnsafeRetry {
-    #[serde(rename = "500")]
-    InternalServerError,
-    #[serde(rename = "502")]
-    BadGateway,
-    #[serde(rename = "504")]
-    GatewayTimeout,
-    #[serde(rename = "timeout")]
-    Timeout,
-    #[serde(rename = "connection_lost")]
-    ConnectionLost,
-}
-
-/// A GCRA rate: `rate_per_second` sustained, `burst` at once.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateSettings {
-    pub rate_per_second: f64,
-    pub burst: u32,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencySettings {
@@ -150,26 +132,6 @@ pub enum StoreBackend {
     Memory,
     /// Shared by every replica.
     Redis,
-}
-
-/// What the relay does while Redis cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureMode {
-    /// Keep sending: local limits at each limit divided by the expected replicas,
-    /// idempotency in this process only (best effort).
-    FailOpen,
-    /// Refuse sends with 503 `overloaded`, delivery `not_sent`.
-    FailClosed,
-}
-
-impl FailureMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureMode::FailOpen => "fail_open",
-            FailureMode::FailClosed => "fail_closed",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -260,9 +222,6 @@ pub struct BotSettings {
     pub rate_per_second: Option<f64>,
     pub burst: Option<u32>,
 }
-
-/// WhatsApp's default throughput for a business number.
-pub const DEFAULT_BOT_RATE: f64 = 80.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -494,6 +453,7 @@ impl Settings {
         }
 
         let mut bots = BTreeMap::new();
+        let mut credential_book = HashMap::new();
         let mut default_alias = None;
         for (alias, bot) in &self.bots {
             let key = format!("bots.{alias}");
@@ -574,12 +534,14 @@ impl Settings {
                 }),
             };
             check_rate(&key, &rate, &mut problem);
+            if let Some(credentials) = credentials {
+                credential_book.insert(alias.clone(), credentials);
+            }
             bots.insert(
                 alias.clone(),
                 Arc::new(Bot {
                     alias: alias.clone(),
                     id,
-                    credentials,
                     rate,
                 }),
             );
@@ -627,10 +589,8 @@ impl Settings {
             base_url,
             connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
             request_timeout: Duration::from_millis(self.upstream.request_timeout_ms),
-            bots: BotRegistry {
-                bots,
-                default_alias,
-            },
+            bots: BotRegistry::new(bots, default_alias),
+            credentials: CredentialBook::new(credential_book),
             delivery: DeliveryConfig {
                 deadline: Duration::from_millis(d.deadline_ms),
                 max_attempts: d.max_attempts,
@@ -643,6 +603,8 @@ impl Settings {
                 max_in_flight: d.max_in_flight,
                 max_waiting: d.max_waiting,
                 rate_limit_max_wait: Duration::from_millis(d.rate_limit_max_wait_ms),
+                request_timeout: Duration::from_millis(self.upstream.request_timeout_ms),
+                recipients: self.recipients,
             },
             recipients: self.recipients,
             callers,
@@ -651,7 +613,10 @@ impl Settings {
                 .enabled
                 .then(|| (self.admin.host.clone(), self.admin.port)),
             max_in_flight: self.server.max_in_flight,
-            workers: crate::workers::count(self.server.workers),
+            workers: match self.server.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             max_header_bytes: self.server.max_header_bytes,
             max_json_depth: self.server.max_json_depth,
             header_read_timeout: Duration::from_millis(self.server.header_read_timeout_ms),
@@ -846,34 +811,6 @@ fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// A service allowed to call the relay.
-#[derive(Debug)]
-pub struct Caller {
-    pub name: String,
-    pub key_sha256: [u8; 32],
-    /// Bot aliases it may use; `None` means all.
-    pub bots: Option<Vec<String>>,
-    pub rate: Option<RateSettings>,
-}
-
-impl Caller {
-    pub fn may_use(&self, alias: &str) -> bool {
-        self.bots
-            .as_ref()
-            .is_none_or(|bots| bots.iter().any(|b| b == alias))
-    }
-}
-
-/// Who may call: named callers with keys, or anyone.
-#[derive(Debug, Clone)]
-pub enum Callers {
-    Keys(Vec<Arc<Caller>>),
-    /// `explicit` when `auth.mode = "none"`; otherwise no caller is configured (local only).
-    Open {
-        explicit: bool,
-    },
-}
-
 /// A secret given inline or as a file path (for mounted secrets), under `{key}.{field}`
 /// and `{key}.{field}_file`; both at once is an error.
 fn resolve_secret(
@@ -959,6 +896,8 @@ pub struct RelayConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub bots: BotRegistry,
+    /// Jelou's credentials, by bot alias.
+    pub credentials: CredentialBook,
     pub delivery: DeliveryConfig,
     /// WhatsApp's pair limit: messages to one recipient from one bot.
     pub recipients: RateSettings,
@@ -976,197 +915,10 @@ pub struct RelayConfig {
 }
 
 #[derive(Debug, Clone)]
-pub struct DeliveryConfig {
-    /// One deadline per request, covering every attempt and wait.
-    pub deadline: Duration,
-    /// Attempts in all, the first included.
-    pub max_attempts: u32,
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
-    /// The longest `Retry-After` the relay waits out itself.
-    pub retry_after_cap: Duration,
-    pub retry_budget_percent: f32,
-    pub retry_budget_min_per_second: u32,
-    pub retry_unsafe: Vec<UnsafeRetry>,
-    pub max_in_flight: usize,
-    pub max_waiting: usize,
-    pub rate_limit_max_wait: Duration,
-}
-
-/// Where rate-limit state and idempotency keys live.
-#[derive(Debug, Clone)]
-pub enum StoreConfig {
-    Memory,
-    Redis(RedisConfig),
-}
-
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// The full URL, password included: only the store's client sees it.
-    pub url: SecretString,
-    /// The URL without credentials, for logs and `/readyz`.
-    pub target: String,
-    pub key_prefix: String,
-    /// The most any one Redis call may take.
-    pub timeout: Duration,
-    pub failure_mode: FailureMode,
-    /// Replicas sharing the budget: with Redis down (`fail_open`), each replica applies
-    /// every limit divided by this.
-    pub expected_replicas: u32,
-}
-
-#[derive(Debug, Clone)]
 pub struct IdempotencyConfig {
     pub required: bool,
     pub retention: Duration,
     pub max_keys: usize,
-}
-
-/// Jelou credentials for one bot. `Debug` is redacted by `SecretString` and
-/// [`BasicAuthorization`].
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    client_id: String,
-    client_secret: SecretString,
-    authorization: BasicAuthorization,
-}
-
-/// `Authorization: Basic base64(client_id:client_secret)`, built once for every request
-/// Jelou receives. Marked sensitive, so hyper never logs it; `Debug` shows nothing of it.
-#[derive(Clone)]
-pub struct BasicAuthorization(http::HeaderValue);
-
-impl BasicAuthorization {
-    fn new(client_id: &str, client_secret: &SecretString) -> Self {
-        use base64::Engine;
-        use secrecy::zeroize::Zeroizing;
-        let pair = Zeroizing::new(format!("{client_id}:{}", client_secret.expose_secret()));
-        let encoded = Zeroizing::new(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
-        ));
-        // Base64 output and the "Basic " prefix are visible ASCII: always a valid value.
-        let mut value = http::HeaderValue::from_str(&encoded)
-            .unwrap_or(http::HeaderValue::from_static("Basic"));
-        value.set_sensitive(true);
-        BasicAuthorization(value)
-    }
-
-    pub fn header(&self) -> &http::HeaderValue {
-        &self.0
-    }
-
-    /// `base64(client_id:client_secret)`: the header without its scheme.
-    fn encoded_pair(&self) -> &str {
-        let value = self.0.to_str().unwrap_or_default();
-        value.strip_prefix("Basic ").unwrap_or(value)
-    }
-}
-
-impl fmt::Debug for BasicAuthorization {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BasicAuthorization([REDACTED])")
-    }
-}
-
-impl Credentials {
-    pub fn new(client_id: String, client_secret: SecretString) -> Self {
-        Credentials {
-            authorization: BasicAuthorization::new(&client_id, &client_secret),
-            client_id,
-            client_secret,
-        }
-    }
-
-    /// The `Authorization` header for Jelou.
-    pub fn authorization(&self) -> &http::HeaderValue {
-        self.authorization.header()
-    }
-
-    pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
-    /// `text` with the secret, and the Basic pair that carries it, replaced: for text
-    /// that comes back from Jelou and is logged or shown.
-    pub fn scrub(&self, text: &str) -> String {
-        text.replace(self.authorization.encoded_pair(), "[REDACTED]")
-            .replace(self.client_secret.expose_secret(), "[REDACTED]")
-    }
-}
-
-/// A configured bot: the alias callers use, Jelou's id, and the credentials that may use it.
-#[derive(Debug)]
-pub struct Bot {
-    pub alias: String,
-    pub id: String,
-    pub credentials: Option<Credentials>,
-    pub rate: RateSettings,
-}
-
-/// Maps caller-facing aliases to bots.
-#[derive(Debug, Clone)]
-pub struct BotRegistry {
-    bots: BTreeMap<String, Arc<Bot>>,
-    default_alias: Option<String>,
-}
-
-/// Why a bot alias did not resolve.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BotLookupError {
-    /// No alias given and no single or default bot to fall back on.
-    Missing {
-        configured: Vec<String>,
-    },
-    Unknown {
-        configured: Vec<String>,
-    },
-}
-
-impl fmt::Display for BotLookupError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BotLookupError::Missing { configured } => write!(
-                f,
-                "is required: this relay has several bots and no default (configured: {})",
-                configured.join(", ")
-            ),
-            BotLookupError::Unknown { configured } => write!(
-                f,
-                "is not a bot alias configured on this relay (configured: {})",
-                configured.join(", ")
-            ),
-        }
-    }
-}
-
-impl BotRegistry {
-    pub fn resolve(&self, alias: Option<&str>) -> Result<Arc<Bot>, BotLookupError> {
-        let configured = || self.bots.keys().cloned().collect::<Vec<_>>();
-        match alias {
-            Some(alias) => self
-                .bots
-                .get(alias)
-                .cloned()
-                .ok_or_else(|| BotLookupError::Unknown {
-                    configured: configured(),
-                }),
-            None => {
-                let fallback = match &self.default_alias {
-                    Some(alias) => self.bots.get(alias),
-                    None if self.bots.len() == 1 => self.bots.values().next(),
-                    None => None,
-                };
-                fallback.cloned().ok_or_else(|| BotLookupError::Missing {
-                    configured: configured(),
-                })
-            }
-        }
-    }
-
-    pub fn aliases(&self) -> impl Iterator<Item = &str> {
-        self.bots.keys().map(String::as_str)
-    }
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ fn summary(config: &RelayConfig) -> String {
             lines.push(format!(
                 "bot {alias}: id {}, credentials {}",
                 bot.id,
-                match &bot.credentials {
+                match config.credentials.get(alias) {
                     Some(c) => format!("client_id {} (secret set)", c.client_id()),
                     None => "none".to_string(),
                 }
@@ -163,8 +163,9 @@ fn summary(config: &RelayConfig) -> String {
 }
 
 /// The multi-threaded runtime `serve` and `simulate` run on.
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
         .enable_all()
         .build()
         .map_err(|e| fail(&format!("cannot start the async runtime: {e}")))
@@ -176,7 +177,7 @@ fn serve(config: RelayConfig, settings: Settings) -> ExitCode {
         Ok(guard) => guard,
         Err(message) => return fail(&message),
     };
-    let runtime = match runtime() {
+    let runtime = match runtime(config.workers) {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -251,7 +252,8 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         failure_status: args.failure_status,
         retry_after: args.retry_after,
     };
-    let runtime = match runtime() {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = match runtime(workers) {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };

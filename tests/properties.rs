@@ -6,7 +6,7 @@ use std::sync::Arc;
 use jelou_relay::config::{Bot, RateSettings};
 use jelou_relay::domain::FlowMessage;
 use jelou_relay::domain::strict_json::parse_object;
-use jelou_relay::jelou::build_outbound;
+use jelou_relay::jelou::FlowRequest;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use url::Url;
@@ -106,7 +106,6 @@ fn bot() -> Arc<Bot> {
     Arc::new(Bot {
         alias: "ventas".into(),
         id: "BOT_ID".into(),
-        credentials: None,
         rate: RateSettings {
             rate_per_second: 80.0,
             burst: 80,
@@ -144,8 +143,7 @@ proptest! {
         let Value::Object(object) = message.clone() else { unreachable!() };
         let parsed = FlowMessage::parse(object).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         let base = Url::parse("https://api.jelou.ai").unwrap();
-        let deadline = tokio::time::Instant::now();
-        let outbound = build_outbound(&base, bot(), &parsed, "id".into(), deadline);
+        let outbound = FlowRequest::build(&base, bot(), &parsed, "id".into(), None);
         let sent: Value = serde_json::from_slice(&outbound.body).unwrap();
         let digits: String = message["to"].as_str().unwrap().trim_start_matches('+').into();
 

@@ -203,7 +203,14 @@ async fn dry_run_validates_and_shows_the_request_without_calling_jelou() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
+    let mut body: Value = response.json().await.unwrap();
+    // The view is the request the client sends: its trace context is this request's own.
+    let traceparent = body["upstream_request"]["headers"]
+        .as_object_mut()
+        .unwrap()
+        .remove("traceparent")
+        .unwrap();
+    assert_eq!(traceparent.as_str().unwrap().len(), 55, "{traceparent}");
     assert_eq!(
         body,
         json!({
@@ -215,8 +222,10 @@ async fn dry_run_validates_and_shows_the_request_without_calling_jelou() {
                 "method": "POST",
                 "url": format!("{}/v1/bots/BOT_ID/users/593987654321/flow_message?type=standard", jelou.uri()),
                 "headers": {
+                    "accept": "application/json",
                     "authorization": "Basic [REDACTED]",
                     "content-type": "application/json",
+                    "user-agent": concat!("jelou-relay/", env!("CARGO_PKG_VERSION")),
                     "x-request-id": "dry-1"
                 },
                 "body": seed_upstream_body()

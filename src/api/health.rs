@@ -10,7 +10,7 @@ use http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
+use super::state::AppState;
 use crate::store::StoreStatus;
 
 /// Flips to not-ready when shutdown begins, so the load balancer stops sending.

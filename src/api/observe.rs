@@ -17,12 +17,11 @@ use axum::extract::{MatchedPath, Request};
 use http::StatusCode;
 use metrics::{Counter, Gauge, Histogram, SharedString};
 use tower::{Layer, Service};
-use tower_http::request_id::{MakeRequestId, RequestId};
 use tracing::Span;
 use tracing::instrument::{Instrument, Instrumented};
 
 use super::auth::Authenticated;
-use super::request_id::X_REQUEST_ID;
+use super::request_id;
 use super::trace_context::TraceContext;
 
 /// How a request ended, as far as the handler knows; read by [`Observe`].
@@ -40,20 +39,6 @@ impl RequestOutcome {
             outcome,
             ..RequestOutcome::default()
         }
-    }
-}
-
-/// Request ids: random UUID v4 strings from a fast thread-local generator (no system
-/// call per request). They identify requests; they are not secrets.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MakeRequestUuid;
-
-impl MakeRequestId for MakeRequestUuid {
-    fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
-        let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
-        let mut buffer = uuid::Uuid::encode_buffer();
-        let text = id.hyphenated().encode_lower(&mut buffer);
-        http::HeaderValue::from_str(text).ok().map(RequestId::new)
     }
 }
 
@@ -148,11 +133,7 @@ impl Observing {
             .map_or_else(TraceContext::start, TraceContext::child);
         let span = tracing::info_span!(
             "request",
-            request_id = request
-                .headers()
-                .get(&X_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
+            request_id = request_id::of(request),
             method = request.method().as_str(),
             path = request.uri().path(),
             trace_id = context.trace_id.as_str(),
@@ -302,19 +283,6 @@ fn status_label(status: StatusCode) -> SharedString {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_ids_are_uuid_v4() {
-        let request = http::Request::new(());
-        let mut make = MakeRequestUuid;
-        let a = make.make_request_id(&request).unwrap();
-        let b = make.make_request_id(&request).unwrap();
-        let a = uuid::Uuid::parse_str(a.header_value().to_str().unwrap()).unwrap();
-        let b = uuid::Uuid::parse_str(b.header_value().to_str().unwrap()).unwrap();
-        assert_eq!(a.get_version_num(), 4);
-        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
-        assert_ne!(a, b);
-    }
 
     #[test]
     fn labels_are_the_route_and_code() {

@@ -3,8 +3,8 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::flow_messages;
 use super::health;
+use super::send;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,7 +15,7 @@ use super::health;
             (`delivery`: `not_sent` or `unknown`).",
         license(name = "MIT"),
     ),
-    paths(flow_messages::send_flow_message, health::healthz, health::readyz),
+    paths(send::send_flow_message, health::healthz, health::readyz),
     modifiers(&BearerKeys),
     tags(
         (name = "flow-messages", description = "Sending WhatsApp Flow messages"),

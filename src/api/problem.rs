@@ -7,8 +7,9 @@ use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::delivery::{DeliveryFailure, DeliveryState, FailureKind, UpstreamError};
+use crate::delivery::{DeliveryFailure, DeliveryState, FailureKind};
 use crate::domain::FieldError;
+use crate::jelou::UpstreamError;
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 

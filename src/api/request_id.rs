@@ -5,7 +5,8 @@ use std::convert::Infallible;
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
-use http::{HeaderName, Request};
+use http::{HeaderMap, HeaderName, Request};
+use tower_http::request_id::MakeRequestId;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -33,13 +34,36 @@ pub fn drop_unacceptable<B>(mut request: Request<B>) -> Request<B> {
     request
 }
 
-/// The id the inbound stack set on `request` (`unknown` if none: never, past the stack).
-pub fn of<B>(request: &Request<B>) -> &str {
-    request
-        .headers()
+/// The id the inbound stack set in `headers` (`unknown` if none: never, past the stack).
+pub fn in_headers(headers: &HeaderMap) -> &str {
+    headers
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("unknown")
+}
+
+/// The id the inbound stack set on `request`.
+pub fn of<B>(request: &Request<B>) -> &str {
+    in_headers(request.headers())
+}
+
+/// Request ids: random UUID v4 strings from a fast thread-local generator (no system
+/// call per request). They identify requests; they are not secrets.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MakeRequestUuid;
+
+impl MakeRequestId for MakeRequestUuid {
+    fn make_request_id<B>(
+        &mut self,
+        _request: &http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let text = id.hyphenated().encode_lower(&mut buffer);
+        http::HeaderValue::from_str(text)
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
 }
 
 /// The request's id, as set by the inbound stack.
@@ -50,19 +74,26 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let id = parts
-            .headers
-            .get(&X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("unknown")
-            .to_string();
-        Ok(RequestId(id))
+        Ok(RequestId(in_headers(&parts.headers).to_string()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_acceptable;
+    use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let request = http::Request::new(());
+        let mut make = MakeRequestUuid;
+        let a = make.make_request_id(&request).unwrap();
+        let b = make.make_request_id(&request).unwrap();
+        let a = uuid::Uuid::parse_str(a.header_value().to_str().unwrap()).unwrap();
+        let b = uuid::Uuid::parse_str(b.header_value().to_str().unwrap()).unwrap();
+        assert_eq!(a.get_version_num(), 4);
+        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn accepts_tokens_refuses_the_rest() {

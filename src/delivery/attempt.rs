@@ -1,6 +1,8 @@
-//! The innermost layer: one upstream attempt, recorded in the journal, bounded by the
-//! per-attempt timeout and by what is left of the deadline.
+//! The innermost layer: one call to the upstream, recorded in the journal, bounded by
+//! the per-attempt timeout and by what is left of the deadline, its verdict turned into
+//! the message's outcome by [`failure::from_verdict`].
 
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -8,12 +10,10 @@ use metrics::{Counter, Histogram};
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
-use super::{
-    Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, DeliveryState, FailureKind, Outbound,
-};
+use super::failure::{self, DeliveryFailure, DeliveryState};
+use super::{Delivered, DeliveryFuture, Outbound, Upstream};
 
-/// The attempt metrics' handles, kept per thread (a lookup by name and labels builds
-/// and hashes a key and takes the registry's lock).
+/// The attempt metrics, registered once.
 struct AttemptMetrics {
     sent: Counter,
     not_sent: Counter,
@@ -21,17 +21,17 @@ struct AttemptMetrics {
     duration: Histogram,
 }
 
-impl AttemptMetrics {
-    fn new() -> Self {
-        let count = |outcome: &'static str| metrics::counter!(crate::metrics::UPSTREAM_ATTEMPTS, "outcome" => outcome);
-        AttemptMetrics {
-            sent: count("sent"),
-            not_sent: count(DeliveryState::NotSent.as_str()),
-            unknown: count(DeliveryState::Unknown.as_str()),
-            duration: metrics::histogram!(crate::metrics::UPSTREAM_DURATION),
-        }
+static ATTEMPT_METRICS: LazyLock<AttemptMetrics> = LazyLock::new(|| {
+    let count = |outcome: &'static str| metrics::counter!(crate::metrics::UPSTREAM_ATTEMPTS, "outcome" => outcome);
+    AttemptMetrics {
+        sent: count("sent"),
+        not_sent: count(DeliveryState::NotSent.as_str()),
+        unknown: count(DeliveryState::Unknown.as_str()),
+        duration: metrics::histogram!(crate::metrics::UPSTREAM_DURATION),
     }
+});
 
+impl AttemptMetrics {
     /// The counter of an attempt that failed with `failure` (`None`: it was sent).
     fn count(&self, failure: Option<DeliveryState>) -> &Counter {
         match failure {
@@ -40,10 +40,6 @@ impl AttemptMetrics {
             Some(DeliveryState::Unknown) => &self.unknown,
         }
     }
-}
-
-thread_local! {
-    static ATTEMPT_METRICS: AttemptMetrics = AttemptMetrics::new();
 }
 
 #[derive(Clone, Debug)]
@@ -59,9 +55,9 @@ impl AttemptLayer {
 
 impl<S> Layer<S> for AttemptLayer {
     type Service = Attempt<S>;
-    fn layer(&self, inner: S) -> Attempt<S> {
+    fn layer(&self, upstream: S) -> Attempt<S> {
         Attempt {
-            inner,
+            upstream,
             timeout: self.timeout,
         }
     }
@@ -69,11 +65,11 @@ impl<S> Layer<S> for AttemptLayer {
 
 #[derive(Clone, Debug)]
 pub struct Attempt<S> {
-    inner: S,
+    upstream: S,
     timeout: Duration,
 }
 
-impl<S: DeliveryInner> Service<Outbound> for Attempt<S> {
+impl<S: Upstream> Service<Outbound> for Attempt<S> {
     type Response = Delivered;
     type Error = DeliveryFailure;
     type Future = DeliveryFuture;
@@ -83,7 +79,7 @@ impl<S: DeliveryInner> Service<Outbound> for Attempt<S> {
     }
 
     fn call(&mut self, outbound: Outbound) -> Self::Future {
-        let inner = self.inner.clone();
+        let upstream = self.upstream.clone();
         let timeout = self.timeout;
         let journal = outbound.journal.clone();
         let number = journal.attempt_started();
@@ -97,32 +93,24 @@ impl<S: DeliveryInner> Service<Outbound> for Attempt<S> {
             async move {
                 let started = std::time::Instant::now();
                 let until = outbound.deadline.min(tokio::time::Instant::now() + timeout);
-                let result = match tokio::time::timeout_at(until, inner.oneshot(outbound)).await {
-                    Ok(result) => result,
-                    Err(_elapsed) => Err(DeliveryFailure {
-                        kind: FailureKind::DeadlineExceeded,
-                        delivery: DeliveryState::Unknown,
-                        attempts: number,
-                        detail: "Jelou did not answer in time after the request was sent".into(),
-                        upstream: None,
-                        retry_after: None,
-                    }),
+                let call = upstream.oneshot(outbound.request);
+                let result = match tokio::time::timeout_at(until, call).await {
+                    Ok(Ok(verdict)) => failure::from_verdict(verdict),
+                    Err(_elapsed) => Err(DeliveryFailure::attempt_timed_out()),
                 };
-                let (failure, upstream_status) = match &result {
+                let (failed, upstream_status) = match &result {
                     Ok(delivered) => (None, Some(delivered.status)),
                     Err(failure) => (
                         Some(failure.delivery),
                         failure.upstream.as_ref().map(|u| u.status),
                     ),
                 };
-                journal.attempt_finished(failure);
-                let outcome = failure.map_or("sent", DeliveryState::as_str);
-                // One write to the span (each write re-serializes its fields).
+                journal.attempt_finished(failed);
+                let outcome = failed.map_or("sent", DeliveryState::as_str);
                 tracing::record_all!(tracing::Span::current(), outcome, upstream_status);
-                ATTEMPT_METRICS.with(|handles| {
-                    handles.count(failure).increment(1);
-                    handles.duration.record(started.elapsed().as_secs_f64());
-                });
+                let metrics = &*ATTEMPT_METRICS;
+                metrics.count(failed).increment(1);
+                metrics.duration.record(started.elapsed().as_secs_f64());
                 tracing::debug!("attempt finished");
                 result
             }

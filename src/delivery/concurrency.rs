@@ -4,14 +4,11 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
 
-use super::{
-    Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, FailureKind, Outbound, WaitQueue,
-};
+use super::{Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, Outbound, WaitQueue};
 
 #[derive(Clone, Debug)]
 pub struct ConcurrencyLayer {
@@ -59,10 +56,8 @@ impl<S: DeliveryInner> Service<Outbound> for Concurrency<S> {
         Box::pin(async move {
             let overloaded = || {
                 metrics::counter!(crate::metrics::SHED, "where" => "delivery_queue").increment(1);
-                DeliveryFailure::refused(
-                    FailureKind::Overloaded,
-                    "the relay is at its limit of requests to Jelou; retry shortly".into(),
-                    Some(Duration::from_secs(1)),
+                DeliveryFailure::overloaded(
+                    "the relay is at its limit of requests to Jelou; retry shortly",
                 )
             };
             let permit = match limit.permits.clone().try_acquire_owned() {

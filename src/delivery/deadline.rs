@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use tower::{Layer, Service, ServiceExt};
 
-use super::{Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, FailureKind, Outbound};
+use super::{Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, Outbound};
 
 #[derive(Clone, Debug, Default)]
 pub struct DeadlineLayer;
@@ -47,14 +47,7 @@ impl<S: DeliveryInner> Service<Outbound> for Deadline<S> {
                     failure.delivery = failure.delivery.max(journal.delivery());
                     Err(failure)
                 }
-                Err(_elapsed) => Err(DeliveryFailure {
-                    kind: FailureKind::DeadlineExceeded,
-                    delivery: journal.delivery(),
-                    attempts: journal.attempts(),
-                    detail: "the request's deadline passed before Jelou answered".into(),
-                    upstream: None,
-                    retry_after: None,
-                }),
+                Err(_elapsed) => Err(DeliveryFailure::deadline_passed(&journal)),
             }
         })
     }

@@ -1,49 +1,53 @@
-//! Outbound delivery: the request the relay sends, what comes back, and the tower
-//! stack between the route handler and the Jelou client.
+//! Delivery: the tower stack between the send handler and Jelou (deadline, rate
+//! limits, concurrency, retry, attempt), read top to bottom in [`stack`].
 
 pub mod attempt;
 pub mod concurrency;
 pub mod deadline;
-pub mod idempotency;
+pub mod failure;
 pub mod journal;
-pub mod outcome;
 pub mod rate_limit;
 pub mod retry;
+mod shared_limits;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use serde::Serialize;
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
-use url::Url;
-use utoipa::ToSchema;
 
-use crate::config::{Bot, RelayConfig};
-use crate::domain::Recipient;
+pub use failure::{DeliveryFailure, DeliveryState, FailureKind};
+
+use crate::domain::{BotRegistry, RateSettings};
+use crate::jelou::{FlowRequest, Verdict};
 use crate::store::Store;
 
-/// One message on its way to Jelou. The body is serialized once, so every attempt and
-/// the dry run show the very same bytes.
+/// One message on its way to Jelou, with its deadline and the record of its attempts.
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    pub bot: Arc<Bot>,
-    pub recipient: Recipient,
-    pub url: Url,
-    pub body: Bytes,
-    pub request_id: String,
-    /// W3C `traceparent` for the call to Jelou: the caller's trace, the relay's span.
-    pub traceparent: Option<String>,
+    /// The request Jelou receives, built once.
+    pub request: Arc<FlowRequest>,
     /// When the whole delivery must be over, every attempt and wait included.
     pub deadline: Instant,
     /// Shared by the attempts of this one message.
     pub journal: Arc<journal::Journal>,
+}
+
+impl Outbound {
+    pub fn new(request: FlowRequest, deadline: Instant) -> Self {
+        Outbound {
+            request: Arc::new(request),
+            deadline,
+            journal: Arc::default(),
+        }
+    }
 }
 
 /// Jelou accepted the message.
@@ -54,86 +58,48 @@ pub struct Delivered {
     pub attempts: u32,
 }
 
-/// Could a retry of this request send the message a second time?
-/// Ordered: `Unknown` is the stronger claim, and wins when attempts are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryState {
-    /// Provably not sent: safe to retry.
-    NotSent,
-    /// The request reached Jelou and its fate is not known: a retry may duplicate it.
-    Unknown,
+/// Failure classes whose outcome is unknown; retrying them may send a message twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum UnsafeRetry {
+    #[serde(rename = "500")]
+    InternalServerError,
+    #[serde(rename = "502")]
+    BadGateway,
+    #[serde(rename = "504")]
+    GatewayTimeout,
+    #[serde(rename = "timeout")]
+    Timeout,
+    #[serde(rename = "connection_lost")]
+    ConnectionLost,
 }
 
-impl DeliveryState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryState::NotSent => "not_sent",
-            DeliveryState::Unknown => "unknown",
-        }
-    }
-}
-
-/// What went wrong, in the relay's terms; `api::problem` maps each to an HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// Jelou refused the message itself (400, 404 flow, 422, ...).
-    Rejected,
-    /// Jelou refused the relay's credentials or bot (401, 403, bot_not_found).
-    AuthFailed,
-    /// Jelou failed, could not be reached, or answered something unreadable.
-    Unavailable,
-    /// Jelou (or WhatsApp behind it) asked the relay to slow down.
-    RateLimited,
-    /// No answer in time.
-    DeadlineExceeded,
-    /// The relay's own bounds (in-flight limit, wait queues) are full.
-    Overloaded,
-}
-
-/// Jelou's own account of an error, as far as it gave one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct UpstreamError {
-    /// HTTP status Jelou answered with.
-    pub status: u16,
-    /// Jelou's machine code, e.g. `bot_not_found`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-}
-
-/// A message that was not (or not provably) delivered.
+/// The delivery stack's settings, validated by `config`.
 #[derive(Debug, Clone)]
-pub struct DeliveryFailure {
-    pub kind: FailureKind,
-    pub delivery: DeliveryState,
-    pub attempts: u32,
-    /// Human-readable cause, safe to show callers.
-    pub detail: String,
-    pub upstream: Option<UpstreamError>,
-    /// When Jelou said when to come back.
-    pub retry_after: Option<Duration>,
-}
-
-impl DeliveryFailure {
-    /// A refusal before anything was sent.
-    pub fn refused(kind: FailureKind, detail: String, retry_after: Option<Duration>) -> Self {
-        DeliveryFailure {
-            kind,
-            delivery: DeliveryState::NotSent,
-            attempts: 0,
-            detail,
-            upstream: None,
-            retry_after,
-        }
-    }
+pub struct DeliveryConfig {
+    /// One deadline per request, covering every attempt and wait.
+    pub deadline: Duration,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// The longest `Retry-After` the relay waits out itself.
+    pub retry_after_cap: Duration,
+    pub retry_budget_percent: f32,
+    pub retry_budget_min_per_second: u32,
+    pub retry_unsafe: Vec<UnsafeRetry>,
+    pub max_in_flight: usize,
+    pub max_waiting: usize,
+    pub rate_limit_max_wait: Duration,
+    /// The most one attempt may take.
+    pub request_timeout: Duration,
+    /// WhatsApp's pair limit: messages to one recipient from one bot.
+    pub recipients: RateSettings,
 }
 
 /// The whole outbound path as one cloneable service.
 pub type DeliveryService = BoxCloneSyncService<Outbound, Delivered, DeliveryFailure>;
 
-/// What every delivery layer's (and the upstream's) `call` returns.
+/// What every delivery layer's `call` returns.
 pub type DeliveryFuture = Pin<Box<dyn Future<Output = Result<Delivered, DeliveryFailure>> + Send>>;
 
 /// The bound every delivery layer puts on the service it wraps.
@@ -153,6 +119,29 @@ impl<S> DeliveryInner for S where
             Future: Send + 'static,
         > + Clone
         + Send
+        + 'static
+{
+}
+
+/// What the stack delivers through: Jelou's client, or the sandbox.
+pub trait Upstream:
+    tower::Service<Arc<FlowRequest>, Response = Verdict, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Upstream for S where
+    S: tower::Service<
+            Arc<FlowRequest>,
+            Response = Verdict,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
         + 'static
 {
 }
@@ -192,23 +181,23 @@ impl Drop for WaitSlot {
 }
 
 /// Assembles the delivery stack over the upstream (Jelou client or sandbox), outer to inner.
-pub fn stack<S: DeliveryInner + Sync>(
-    config: &RelayConfig,
-    upstream: S,
+pub fn stack(
+    delivery: &DeliveryConfig,
+    bots: &BotRegistry,
+    upstream: impl Upstream,
     store: &Store,
 ) -> DeliveryService {
-    let delivery = &config.delivery;
     let queue = WaitQueue::new(delivery.max_waiting);
     let limits = Arc::new(match store {
         Store::Memory => rate_limit::Limits::new(
-            &config.bots,
-            &config.recipients,
+            bots,
+            &delivery.recipients,
             delivery.rate_limit_max_wait,
             queue.clone(),
         ),
         Store::Redis(redis) => rate_limit::Limits::shared(
-            &config.bots,
-            &config.recipients,
+            bots,
+            &delivery.recipients,
             delivery.rate_limit_max_wait,
             queue.clone(),
             redis.clone(),
@@ -230,7 +219,7 @@ pub fn stack<S: DeliveryInner + Sync>(
             delivery,
         )))
         // Each attempt: journaled, and bounded by the per-attempt timeout and the deadline.
-        .layer(attempt::AttemptLayer::new(config.request_timeout))
+        .layer(attempt::AttemptLayer::new(delivery.request_timeout))
         .service(upstream);
     BoxCloneSyncService::new(service)
 }

@@ -15,12 +15,12 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
+use super::shared_limits::{Limit, SharedLimiter};
 use super::{
     Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, FailureKind, Outbound, WaitQueue,
 };
-use crate::config::{BotRegistry, FailureMode, RateSettings};
-use crate::store::RedisStore;
-use crate::store::limits::{Limit, SharedLimiter};
+use crate::domain::{BotRegistry, RateSettings};
+use crate::store::{FailureMode, RedisStore};
 
 /// A GCRA quota for `rate`; settings are validated positive at start-up.
 pub fn quota(rate: &RateSettings) -> Quota {
@@ -162,10 +162,8 @@ impl Limits {
                     }
                     FailureMode::FailClosed => {
                         tracing::warn!(%error, "send refused: the shared rate-limit store is unreachable (fail_closed)");
-                        Err(DeliveryFailure::refused(
-                            FailureKind::Overloaded,
-                            "the shared rate-limit store is unreachable; nothing was sent, retry shortly".into(),
-                            Some(Duration::from_secs(1)),
+                        Err(DeliveryFailure::overloaded(
+                            "the shared rate-limit store is unreachable; nothing was sent, retry shortly",
                         ))
                     }
                 }
@@ -197,10 +195,8 @@ impl Limits {
             }
             let _slot = self.queue.enter().ok_or_else(|| {
                 metrics::counter!(crate::metrics::SHED, "where" => "rate_limit_queue").increment(1);
-                DeliveryFailure::refused(
-                    FailureKind::Overloaded,
-                    "too many requests are waiting for capacity; retry shortly".into(),
-                    Some(Duration::from_secs(1)),
+                DeliveryFailure::overloaded(
+                    "too many requests are waiting for capacity; retry shortly",
                 )
             })?;
             tracing::debug!(
@@ -255,8 +251,9 @@ impl<S: DeliveryInner> Service<Outbound> for RateLimit<S> {
         Box::pin(async move {
             // The pair limit first: it is the stricter one, and a refusal there must not
             // spend the bot's capacity.
-            let bot = outbound.bot.alias.as_str();
-            let to = outbound.recipient.as_str();
+            let request = outbound.request.clone();
+            let bot = request.bot.alias.as_str();
+            let to = request.recipient.as_str();
             limits
                 .acquire(
                     "recipient",
@@ -266,12 +263,7 @@ impl<S: DeliveryInner> Service<Outbound> for RateLimit<S> {
                 )
                 .await?;
             limits
-                .acquire(
-                    "bot",
-                    outbound.deadline,
-                    Limit::Bot(bot),
-                    &outbound.bot.rate,
-                )
+                .acquire("bot", outbound.deadline, Limit::Bot(bot), &request.bot.rate)
                 .await?;
             inner.oneshot(outbound).await
         })

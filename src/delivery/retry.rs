@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use super::{Delivered, DeliveryFailure, DeliveryState, FailureKind, Outbound};
-use crate::config::{DeliveryConfig, UnsafeRetry};
+use super::{DeliveryConfig, UnsafeRetry};
 
 /// The retry policy, for `tower::retry::Retry`.
 #[derive(Clone, Debug)]
@@ -137,7 +137,7 @@ impl tower::retry::Policy<Outbound, Delivered, DeliveryFailure> for RetryPolicy 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::UpstreamError;
+    use crate::jelou::UpstreamError;
 
     fn failure(kind: FailureKind, delivery: DeliveryState, status: Option<u16>) -> DeliveryFailure {
         DeliveryFailure {

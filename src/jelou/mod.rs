@@ -1,11 +1,15 @@
-//! Jelou's side: the exact request it receives, the HTTP client that sends it, and the
-//! sandbox that answers in its place.
+//! Jelou's side: the exact request it receives, the client that sends it with the
+//! credentials, what its answers mean, and the sandbox that answers in its place.
 
+pub mod classify;
 pub mod client;
+pub mod credentials;
 pub mod request;
 pub mod sandbox;
 pub mod simulator;
 
+pub use classify::{UpstreamError, Verdict};
 pub use client::JelouClient;
-pub use request::build_outbound;
+pub use credentials::{CredentialBook, Credentials};
+pub use request::FlowRequest;
 pub use sandbox::Sandbox;

@@ -1,15 +1,32 @@
-//! Builds Jelou's `flow_message` call from a validated message: path, query and body.
+//! The exact request Jelou receives for a validated message: path, query, headers and
+//! body. The client sends it and the dry run shows it, so the two cannot drift.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use url::Url;
+use utoipa::ToSchema;
 
-use crate::config::Bot;
-use crate::delivery::Outbound;
-use crate::domain::{FlowAction, FlowMessage, FlowMode};
+use crate::domain::{Bot, FlowAction, FlowMessage, FlowMode, Recipient};
+
+/// The `User-Agent` Jelou sees.
+pub const USER_AGENT: &str = concat!("jelou-relay/", env!("CARGO_PKG_VERSION"));
+
+/// One `flow_message` call, built once: every attempt and the dry run use these bytes.
+#[derive(Debug)]
+pub struct FlowRequest {
+    pub bot: Arc<Bot>,
+    pub recipient: Recipient,
+    pub url: Url,
+    pub body: Bytes,
+    pub request_id: String,
+    /// W3C `traceparent` for the call to Jelou: the caller's trace, the relay's span.
+    pub traceparent: Option<String>,
+}
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -58,51 +75,110 @@ pub fn upstream_url(base: &Url, bot_id: &str, digits: &str, flow_type: Option<&s
     url
 }
 
-/// The request Jelou receives for `message`, members the caller did not give left out.
-pub fn build_outbound(
-    base: &Url,
-    bot: Arc<Bot>,
-    message: &FlowMessage,
-    request_id: String,
-    deadline: tokio::time::Instant,
-) -> Outbound {
-    let flow = &message.flow;
-    let flow_action_payload =
-        (flow.screen.is_some() || flow.data.is_some()).then_some(ActionPayload {
-            screen: flow.screen.as_deref(),
-            data: flow.data.as_ref(),
-        });
-    let body = Body {
-        title: message.title.as_str(),
-        text: message.text.as_str(),
-        caption: message.caption.as_str(),
-        parameters: Parameters {
-            flow_name: &flow.name,
-            flow_cta: flow.cta.as_str(),
-            flow_action_payload,
-            flow_token: flow.token.as_deref(),
-            mode: flow.mode,
-            flow_action: flow.action,
-        },
-        payload: message.context.as_ref(),
-    };
-    // Serializing borrowed strings and maps of JSON values cannot fail.
-    let body = serde_json::to_vec(&body).unwrap_or_default();
-    Outbound {
-        url: upstream_url(
-            base,
-            &bot.id,
-            message.to.as_str(),
-            message.flow_type.as_deref(),
-        ),
-        bot,
-        recipient: message.to.clone(),
-        body: Bytes::from(body),
-        request_id,
-        traceparent: None,
-        deadline,
-        journal: Default::default(),
+impl FlowRequest {
+    /// The request Jelou receives for `message`, members the caller did not give left out.
+    pub fn build(
+        base: &Url,
+        bot: Arc<Bot>,
+        message: &FlowMessage,
+        request_id: String,
+        traceparent: Option<String>,
+    ) -> FlowRequest {
+        let flow = &message.flow;
+        let flow_action_payload =
+            (flow.screen.is_some() || flow.data.is_some()).then_some(ActionPayload {
+                screen: flow.screen.as_deref(),
+                data: flow.data.as_ref(),
+            });
+        let body = Body {
+            title: message.title.as_str(),
+            text: message.text.as_str(),
+            caption: message.caption.as_str(),
+            parameters: Parameters {
+                flow_name: &flow.name,
+                flow_cta: flow.cta.as_str(),
+                flow_action_payload,
+                flow_token: flow.token.as_deref(),
+                mode: flow.mode,
+                flow_action: flow.action,
+            },
+            payload: message.context.as_ref(),
+        };
+        // Serializing borrowed strings and maps of JSON values cannot fail.
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        FlowRequest {
+            url: upstream_url(
+                base,
+                &bot.id,
+                message.to.as_str(),
+                message.flow_type.as_deref(),
+            ),
+            bot,
+            recipient: message.to.clone(),
+            body: Bytes::from(body),
+            request_id,
+            traceparent,
+        }
     }
+
+    /// The headers Jelou receives, `Authorization` included when given.
+    pub fn headers(&self, authorization: Option<&HeaderValue>) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(6);
+        if let Some(authorization) = authorization {
+            headers.insert(header::AUTHORIZATION, authorization.clone());
+        }
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        if let Ok(id) = HeaderValue::from_str(&self.request_id) {
+            headers.insert(HeaderName::from_static("x-request-id"), id);
+        }
+        if let Some(Ok(traceparent)) = self.traceparent.as_deref().map(HeaderValue::from_str) {
+            headers.insert(HeaderName::from_static("traceparent"), traceparent);
+        }
+        headers
+    }
+
+    /// What the dry run shows: this very request, the `Authorization` value redacted.
+    pub fn view(&self, has_credentials: bool) -> UpstreamRequestView {
+        let authorization = if has_credentials {
+            "Basic [REDACTED]"
+        } else {
+            "[none: no credentials configured for this bot]"
+        };
+        let mut headers: BTreeMap<String, String> = self
+            .headers(None)
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_string(),
+                    value.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        headers.insert(
+            header::AUTHORIZATION.as_str().into(),
+            authorization.to_string(),
+        );
+        UpstreamRequestView {
+            method: "POST".into(),
+            url: self.url.to_string(),
+            headers,
+            body: serde_json::from_slice(&self.body).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// The upstream request, with the Authorization header redacted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UpstreamRequestView {
+    pub method: String,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
 }
 
 #[cfg(test)]

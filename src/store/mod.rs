@@ -2,8 +2,7 @@
 //! every replica's rate-limit state and idempotency keys; a timeout on every call; and a
 //! health flag that `/readyz`, the fallbacks and the metrics read.
 
-pub mod idempotency;
-pub mod limits;
+mod resolver;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,12 +16,58 @@ use serde::Serialize;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-use crate::config::{FailureMode, RedisConfig, StoreConfig};
-use crate::delivery::idempotency::StoreError;
+use resolver::HickoryResolver;
 
 /// How often the store is pinged, so that its state is known without traffic and a
 /// store marked down is tried again.
 const PING_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A call to the shared store failed; the text names the target, never its password.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// Where rate-limit state and idempotency keys live.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Memory,
+    Redis(RedisConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The full URL, password included: only the store's client sees it.
+    pub url: secrecy::SecretString,
+    /// The URL without credentials, for logs and `/readyz`.
+    pub target: String,
+    pub key_prefix: String,
+    /// The most any one Redis call may take.
+    pub timeout: Duration,
+    pub failure_mode: FailureMode,
+    /// Replicas sharing the budget: with Redis down (`fail_open`), each replica applies
+    /// every limit divided by this.
+    pub expected_replicas: u32,
+}
+
+/// What the relay does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Keep sending: local limits at each limit divided by the expected replicas,
+    /// idempotency in this process only (best effort).
+    FailOpen,
+    /// Refuse sends with 503 `overloaded`, delivery `not_sent`.
+    FailClosed,
+}
+
+impl FailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::FailOpen => "fail_open",
+            FailureMode::FailClosed => "fail_closed",
+        }
+    }
+}
 
 /// What `/readyz` says of the store.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -290,51 +335,6 @@ impl Connection {
         if let Ok(mut current) = self.current.try_lock() {
             current.take();
         }
-    }
-}
-
-/// Name resolution with hickory (`/etc/hosts`, then `/etc/resolv.conf`).
-#[derive(Default, Clone)]
-struct HickoryResolver {
-    resolver: Arc<std::sync::OnceLock<Result<hickory_resolver::TokioResolver, String>>>,
-}
-
-impl redis::io::AsyncDNSResolver for HickoryResolver {
-    fn resolve<'a, 'b: 'a>(
-        &'a self,
-        host: &'b str,
-        port: u16,
-    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
-        Box::pin(async move {
-            let unresolved = |detail: String| {
-                redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::NotFound, detail))
-            };
-            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-                let addrs: Box<dyn Iterator<Item = std::net::SocketAddr> + Send> =
-                    Box::new(std::iter::once(std::net::SocketAddr::new(ip, port)));
-                return Ok(addrs);
-            }
-            let resolver = self
-                .resolver
-                .get_or_init(|| {
-                    hickory_resolver::TokioResolver::builder_tokio()
-                        .and_then(|builder| builder.build())
-                        .map_err(|error| error.to_string())
-                })
-                .as_ref()
-                .map_err(|error| unresolved(format!("no DNS configuration: {error}")))?;
-            let lookup = resolver
-                .lookup_ip(host)
-                .await
-                .map_err(|error| unresolved(format!("cannot resolve {host}: {error}")))?;
-            let addrs: Vec<std::net::SocketAddr> = lookup
-                .iter()
-                .map(|ip| std::net::SocketAddr::new(ip, port))
-                .collect();
-            let addrs: Box<dyn Iterator<Item = std::net::SocketAddr> + Send> =
-                Box::new(addrs.into_iter());
-            Ok(addrs)
-        })
     }
 }
 

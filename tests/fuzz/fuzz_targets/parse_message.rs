@@ -7,7 +7,7 @@ use std::sync::Arc;
 use jelou_relay::config::{Bot, RateSettings};
 use jelou_relay::domain::FlowMessage;
 use jelou_relay::domain::strict_json::parse_object;
-use jelou_relay::jelou::build_outbound;
+use jelou_relay::jelou::FlowRequest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,14 +20,13 @@ fuzz_target!(|data: &[u8]| {
     let bot = Arc::new(Bot {
         alias: "ventas".into(),
         id: "BOT_ID".into(),
-        credentials: None,
         rate: RateSettings {
             rate_per_second: 80.0,
             burst: 80,
         },
     });
     let base = url::Url::parse("https://api.jelou.ai").unwrap();
-    let outbound = build_outbound(&base, bot, &message, "id".into(), tokio::time::Instant::now());
+    let outbound = FlowRequest::build(&base, bot, &message, "id".into(), None);
     // Whatever was accepted, the path has exactly the documented shape...
     let segments: Vec<&str> = outbound.url.path_segments().unwrap().collect();
     assert_eq!(segments.len(), 6, "{}", outbound.url);

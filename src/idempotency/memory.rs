@@ -1,145 +1,13 @@
-//! Idempotency keys (IETF draft "The Idempotency-Key HTTP Header Field", Stripe's
-//! semantics): the same key and message replay the stored answer without calling
-//! Jelou; a key only ever stands for one message.
+//! Idempotency keys in this process: bounded, TTL-evicted, for a single replica.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::Outbound;
-
-/// 1 to 255 printable ASCII characters (space included).
-pub fn is_valid_key(key: &[u8]) -> bool {
-    (1..=255).contains(&key.len()) && key.iter().all(|b| (0x20..=0x7e).contains(b))
-}
-
-/// The key as stored: namespaced per caller, so two callers never share answers.
-pub fn scoped_key(caller: &str, key: &str) -> String {
-    format!("{caller}\u{1f}{key}")
-}
-
-/// A digest of the message a key stands for: bot, path, query and body, with JSON
-/// object keys sorted, so the same message in another key order is the same message.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint(pub [u8; 32]);
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in &self.0[..8] {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-pub fn fingerprint(outbound: &Outbound) -> Fingerprint {
-    let mut hasher = Sha256::new();
-    hasher.update(outbound.bot.alias.as_bytes());
-    hasher.update([0]);
-    hasher.update(outbound.url.as_str().as_bytes());
-    hasher.update([0]);
-    match serde_json::from_slice::<Value>(&outbound.body) {
-        Ok(value) => canonical(&value, &mut hasher),
-        Err(_) => hasher.update(&outbound.body),
-    }
-    Fingerprint(hasher.finalize().into())
-}
-
-fn canonical(value: &Value, hasher: &mut Sha256) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            hasher.update(b"{");
-            for key in keys {
-                hasher.update(serde_json::to_string(key).unwrap_or_default().as_bytes());
-                hasher.update(b":");
-                canonical(&map[key], hasher);
-                hasher.update(b",");
-            }
-            hasher.update(b"}");
-        }
-        Value::Array(items) => {
-            hasher.update(b"[");
-            for item in items {
-                canonical(item, hasher);
-                hasher.update(b",");
-            }
-            hasher.update(b"]");
-        }
-        scalar => hasher.update(scalar.to_string().as_bytes()),
-    }
-}
-
-/// An HTTP answer as stored for replay.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredAnswer {
-    pub status: u16,
-    pub content_type: String,
-    pub retry_after: Option<u64>,
-    pub body: Bytes,
-}
-
-/// A key this request holds while it sends: complete it with the answer, or release it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    pub key: String,
-    pub fingerprint: Fingerprint,
-    /// Tells this holder's marker from another's (a shared store only).
-    pub token: String,
-    /// Held in this process's store (always, with the memory backend; with Redis, only
-    /// while Redis was unreachable under `fail_open`).
-    pub local: bool,
-}
-
-/// What a request with a key may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Begin {
-    /// The key is new (or was released): this request sends, and must complete or release.
-    Proceed(Reservation),
-    /// The same message was answered before: replay it.
-    Replay(StoredAnswer),
-    /// The same key is being sent right now by another request.
-    InFlight,
-    /// Another replica began sending this message and stopped (its lease ran out)
-    /// without recording an answer: Jelou may or may not have sent it.
-    Abandoned,
-    /// The key was used for a different message.
-    Mismatch,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
-
-/// Where keys live. In memory by default; a shared store serves several replicas.
-#[async_trait]
-pub trait IdempotencyStore: Send + Sync + fmt::Debug {
-    /// Claims `key` for this message, or says what became of it. A shared store keeps the
-    /// claim for `lease` (the request's deadline and a margin); past it without an answer,
-    /// the claim is taken as abandoned.
-    async fn begin(
-        &self,
-        key: &str,
-        fingerprint: Fingerprint,
-        lease: Duration,
-    ) -> Result<Begin, StoreError>;
-    /// Stores the final answer for the retention period.
-    async fn complete(
-        &self,
-        reservation: &Reservation,
-        answer: StoredAnswer,
-    ) -> Result<(), StoreError>;
-    /// Frees the key: the message provably was not sent, so the caller may try again.
-    async fn release(&self, reservation: &Reservation) -> Result<(), StoreError>;
-}
+use super::{Begin, Fingerprint, IdempotencyStore, Reservation, StoreError, StoredAnswer};
 
 #[derive(Debug)]
 enum Slot {
@@ -330,6 +198,8 @@ impl IdempotencyStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::idempotency::is_valid_key;
+    use bytes::Bytes;
 
     fn answer(status: u16) -> StoredAnswer {
         StoredAnswer {

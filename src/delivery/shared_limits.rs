@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::RedisStore;
-use crate::config::RateSettings;
-use crate::delivery::idempotency::StoreError;
+use crate::domain::RateSettings;
+use crate::store::{RedisStore, StoreError};
 
 /// Admits one cell or says how long to wait, without spending anything on a refusal.
 /// The theoretical arrival time (TAT) is kept in microseconds of Redis's own clock, so

@@ -9,11 +9,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::RedisStore;
-use crate::config::FailureMode;
-use crate::delivery::idempotency::{
+use super::{
     Begin, Fingerprint, IdempotencyStore, MemoryStore, Reservation, StoreError, StoredAnswer,
 };
+use crate::store::{FailureMode, RedisStore};
 
 /// Claims the key with an in-flight marker, or returns what the key holds. The lease is
 /// computed on Redis's clock, so replicas never compare their own clocks.

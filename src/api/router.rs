@@ -1,0 +1,105 @@
+//! The routes and the inbound stack, kept apart from `main` so tests can drive them.
+
+use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::header;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::auth::Authenticate;
+use super::check::CheckLayer;
+use super::health::{healthz, readyz};
+use super::limits::{HeaderSize, ShedOverload};
+use super::observe::ObserveLayer;
+use super::openapi::ApiDoc;
+use super::problem::ApiError;
+use super::request_id::{MakeRequestUuid, RequestId, X_REQUEST_ID, drop_unacceptable};
+use super::send::send_flow_message;
+use super::state::AppState;
+
+/// The routes and the inbound stack, kept apart from `main` so tests can drive it.
+///
+/// The inbound stack is one `layer` call of concrete services: axum boxes a route once
+/// per `layer`/`route_layer` call and clones every box below a layer on each request,
+/// so nesting them costs allocations on the hot path.
+pub fn router(state: AppState) -> Router {
+    let header_limit = state.max_header_bytes;
+    let api = Router::new()
+        .route("/v1/flow-messages", post(send_flow_message))
+        // Outer to inner: shedding first, so an overloaded relay spends nothing on a
+        // request; then the caller's key and rate.
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(CheckLayer(ShedOverload {
+                    permits: state.permits.clone(),
+                }))
+                .layer(CheckLayer(Authenticate {
+                    gate: state.gate.clone(),
+                })),
+        );
+    let routes = api
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+
+    // Inbound stack, outer to inner.
+    let inbound = ServiceBuilder::new()
+        // A hostile or malformed caller id is dropped before one is assigned.
+        .map_request(drop_unacceptable)
+        .layer(SetRequestIdLayer::new(
+            X_REQUEST_ID.clone(),
+            MakeRequestUuid,
+        ))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        // Callers' Authorization headers never reach a log line.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]))
+        // The span, the trace context, the request metrics and the final log line.
+        .layer(ObserveLayer)
+        // Last line of defence: a panic becomes a problem+json 500, never a dropped connection.
+        .layer(CatchPanicLayer::custom(|_panic| {
+            tracing::error!("handler panicked");
+            ApiError::Internal.into_problem("unknown").into_response()
+        }))
+        .layer(CheckLayer(HeaderSize {
+            limit: header_limit,
+        }));
+    routes.layer(inbound)
+}
+
+/// The admin listener's routes.
+pub fn admin_router(handle: PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    )
+}
+
+async fn not_found(RequestId(id): RequestId) -> Response {
+    ApiError::NotFound.into_problem(&id).into_response()
+}
+
+async fn method_not_allowed(RequestId(id): RequestId) -> Response {
+    ApiError::MethodNotAllowed.into_problem(&id).into_response()
+}

@@ -1,0 +1,99 @@
+//! What every handler shares, built once from the configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use url::Url;
+
+use super::auth::Gate;
+use super::health::Readiness;
+use crate::config::{RelayConfig, UpstreamMode};
+use crate::delivery::{self, DeliveryService};
+use crate::domain::BotRegistry;
+use crate::idempotency::{IdempotencyStore, MemoryStore, SharedIdempotency};
+use crate::jelou::{CredentialBook, JelouClient, Sandbox};
+use crate::store::Store;
+
+/// What every handler shares: one allocation, so a clone per request is one count.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state behind [`AppState`].
+pub struct Shared {
+    pub bots: Arc<BotRegistry>,
+    /// Which bots have credentials: the dry run says so (never what they are).
+    pub credentials: CredentialBook,
+    pub base_url: Arc<Url>,
+    pub body_limit: usize,
+    pub sandbox: bool,
+    pub delivery: DeliveryService,
+    pub readiness: Readiness,
+    /// The default (and longest) deadline of a send.
+    pub deadline: Duration,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub idempotency_required: bool,
+    /// Where rate-limit state and idempotency keys live; `/readyz` reports its state.
+    pub store: Store,
+    pub gate: Arc<Gate>,
+    /// One permit per request being handled.
+    pub permits: Arc<Semaphore>,
+    pub max_header_bytes: usize,
+    pub max_json_depth: usize,
+    pub body_read_timeout: Duration,
+}
+
+impl AppState {
+    /// The state for `config`, with the delivery stack over Jelou or the sandbox.
+    pub fn from_config(config: &RelayConfig) -> Result<AppState, String> {
+        // The recorder is installed before any metric is touched.
+        crate::metrics::handle();
+        let store = Store::open(&config.store)?;
+        let delivery = match config.mode {
+            UpstreamMode::Sandbox => {
+                delivery::stack(&config.delivery, &config.bots, Sandbox, &store)
+            }
+            UpstreamMode::Jelou => delivery::stack(
+                &config.delivery,
+                &config.bots,
+                JelouClient::new(config.connect_timeout, config.credentials.clone())?,
+                &store,
+            ),
+        };
+        let retention = config.idempotency.retention;
+        let idempotency: Arc<dyn IdempotencyStore> = match &store {
+            Store::Memory => Arc::new(MemoryStore::new(retention, config.idempotency.max_keys)),
+            Store::Redis(redis) => Arc::new(SharedIdempotency::new(
+                redis.clone(),
+                retention,
+                config.idempotency.max_keys,
+            )),
+        };
+        Ok(AppState(Arc::new(Shared {
+            bots: Arc::new(config.bots.clone()),
+            credentials: config.credentials.clone(),
+            base_url: Arc::new(config.base_url.clone()),
+            body_limit: config.body_limit_bytes,
+            sandbox: config.mode == UpstreamMode::Sandbox,
+            delivery,
+            readiness: Readiness::new(),
+            deadline: config.delivery.deadline,
+            idempotency,
+            idempotency_required: config.idempotency.required,
+            store,
+            gate: Arc::new(Gate::new(config.callers.clone())),
+            permits: Arc::new(Semaphore::new(config.max_in_flight)),
+            max_header_bytes: config.max_header_bytes,
+            max_json_depth: config.max_json_depth,
+            body_read_timeout: config.body_read_timeout,
+        })))
+    }
+}
