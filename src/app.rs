@@ -11,7 +11,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use crate::api::health::Readiness;
+use crate::api::state::Readiness;
 use crate::api::router::{admin_router, router};
 use crate::api::state::AppState;
 use crate::config::RelayConfig;

@@ -1,7 +1,5 @@
 //! Liveness and readiness probes.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::extract::State;
@@ -11,31 +9,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::state::AppState;
+pub use super::state::Readiness;
 use crate::store::StoreStatus;
-
-/// Flips to not-ready when shutdown begins, so the load balancer stops sending.
-#[derive(Debug, Clone)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    pub fn new() -> Self {
-        Readiness(Arc::new(AtomicBool::new(true)))
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    pub fn set_draining(&self) {
-        self.0.store(false, Ordering::Relaxed);
-    }
-}
-
-impl Default for Readiness {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 #[derive(Serialize, ToSchema)]
 pub struct HealthStatus {

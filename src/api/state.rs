@@ -7,7 +7,7 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use super::auth::Gate;
-use super::health::Readiness;
+use std::sync::atomic::{AtomicBool, Ordering};
 use crate::config::{RelayConfig, UpstreamMode};
 use crate::delivery::{self, DeliveryService};
 use crate::domain::BotRegistry;
@@ -95,5 +95,29 @@ impl AppState {
             max_json_depth: config.max_json_depth,
             body_read_timeout: config.body_read_timeout,
         })))
+    }
+}
+
+/// Flips to not-ready when shutdown begins, so the load balancer stops sending.
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn new() -> Self {
+        Readiness(Arc::new(AtomicBool::new(true)))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self::new()
     }
 }
