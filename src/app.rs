@@ -11,9 +11,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use crate::api::state::Readiness;
 use crate::api::router::{admin_router, router};
 use crate::api::state::AppState;
+use crate::api::state::Readiness;
 use crate::config::RelayConfig;
 
 /// Why the application could not start.

@@ -1,5 +1,7 @@
-//! `/metrics` on the admin listener moves with traffic.
+//! `/metrics` on the admin listener moves with traffic. A binary of its own: the metrics
+//! recorder is global to the process, so exact counts need a process without other tests.
 
+#[macro_use]
 mod common;
 
 use common::*;

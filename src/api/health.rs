@@ -1,6 +1,5 @@
 //! Liveness and readiness probes.
 
-
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};

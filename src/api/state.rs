@@ -7,13 +7,13 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use super::auth::Gate;
-use std::sync::atomic::{AtomicBool, Ordering};
 use crate::config::{RelayConfig, UpstreamMode};
 use crate::delivery::{self, DeliveryService};
 use crate::domain::BotRegistry;
 use crate::idempotency::{IdempotencyStore, MemoryStore, SharedIdempotency};
 use crate::jelou::{CredentialBook, JelouClient, Sandbox};
 use crate::store::Store;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What every handler shares: one allocation, so a clone per request is one count.
 #[derive(Clone)]

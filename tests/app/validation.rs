@@ -1,8 +1,6 @@
 //! Every validation rule at its boundary, through the real endpoint; nothing invalid reaches Jelou.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use wiremock::MockServer;
 

@@ -1,10 +1,8 @@
 //! Graceful shutdown: readiness flips, in-flight requests finish, the process exits 0.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use wiremock::MockServer;
 
 async fn wait_for_upstream_call(jelou: &MockServer) {

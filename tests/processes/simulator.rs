@@ -1,10 +1,8 @@
 //! The relay against its own Jelou simulator: credentials, body checks, scripted faults.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use jelou_relay::jelou::simulator::{self, Scripted, SimulatorOptions};
 use serde_json::{Value, json};
 

@@ -1,12 +1,10 @@
 //! The client secret never appears in a log line (at any level), a response, `Debug`
 //! output or a configuration error.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use jelou_relay::config::Environment;
 use serde_json::json;
 use wiremock::matchers::query_param;

@@ -3,11 +3,9 @@
 //! Field-level hostility (paths in `bot`/`to`, non-ASCII digits, emoji, duplicate keys,
 //! invalid UTF-8, 10 MB bodies, 1,000 nested arrays) is in `validation.rs`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use jelou_relay::config::Settings;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

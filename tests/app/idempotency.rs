@@ -1,10 +1,8 @@
 //! Idempotency keys: replay, conflict, reuse, and what is (not) stored.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};

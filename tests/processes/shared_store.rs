@@ -1,13 +1,11 @@
 //! The Redis store: what it holds, two replicas sharing one budget and one set of keys,
 //! and what each failure mode does while Redis is down, paused, and back.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use axum::Router;
-use common::*;
 use jelou_relay::config::{FailureMode, Settings};
 use serde_json::{Value, json};
 
@@ -605,7 +603,7 @@ fn redis_over_tls_is_verified_against_the_trusted_roots() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tls = common::redis_server::TlsFiles::generate(dir.path());
+    let tls = crate::common::redis_server::TlsFiles::generate(dir.path());
     let redis = RedisServer::start_tls(tls.clone());
     let url = format!("rediss://localhost:{}/0", redis.port);
     let base = [

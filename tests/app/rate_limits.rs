@@ -1,11 +1,9 @@
 //! Outbound rate limits per bot and per recipient, waiting within bounds, and load
 //! shedding when the relay's queues are full.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use jelou_relay::config::Settings;
 use serde_json::{Value, json};
 use wiremock::matchers::any;

@@ -1,10 +1,8 @@
 //! Caller authentication, per-caller bots and rates, and per-caller idempotency namespaces.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use jelou_relay::config::{CallerSettings, Settings};
 use serde_json::{Value, json};
 use wiremock::MockServer;

@@ -1,10 +1,8 @@
 //! OTLP export: the relay's spans reach a collector, under the caller's trace.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

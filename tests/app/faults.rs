@@ -1,11 +1,9 @@
 //! The fault suite: one row per upstream behaviour, each asserting the caller's status,
 //! `code`, `delivery`, the attempts reported and the requests Jelou received.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::common::*;
 use jelou_relay::config::{Settings, UnsafeRetry};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,9 +1,7 @@
 //! Start-up: production refuses each unsafe configuration with one clear line per
 //! problem; local starts in sandbox mode with no credentials at all.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn check_config(env: &[(&str, &str)]) -> (bool, String, String) {
     let output = relay_command(&["check-config"], env).output().unwrap();

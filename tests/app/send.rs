@@ -1,8 +1,6 @@
 //! The happy path: exactly what Jelou receives and exactly what the caller gets.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use wiremock::matchers::{any, method, path};
 use wiremock::{Mock, ResponseTemplate};
