@@ -340,7 +340,7 @@ async fn a_response_slower_than_the_attempt_timeout_is_504_unknown_and_not_retri
 #[tokio::test]
 async fn a_caller_may_ask_for_a_shorter_deadline() {
     let jelou = MockServer::start().await;
-    mount_sequence(&jelou, vec![ok().set_delay(Duration::from_secs(3))]).await;
+    mount_sequence(&jelou, vec![ok().set_delay(Duration::from_secs(20))]).await;
     let app = spawn_with(settings_for(&jelou.uri())).await;
     let started = std::time::Instant::now();
     let response = app
@@ -349,7 +349,8 @@ async fn a_caller_may_ask_for_a_shorter_deadline() {
     let problem = assert_problem(response, 504, "deadline_exceeded").await;
     assert_eq!(problem["delivery"], "unknown");
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        // Far from Jelou's 20 s, with room for a loaded machine.
+        started.elapsed() < Duration::from_secs(8),
         "the 300 ms deadline held"
     );
 

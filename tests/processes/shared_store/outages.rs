@@ -1,274 +1,7 @@
-//! The Redis store: what it holds, two replicas sharing one budget and one set of keys,
-//! and what each failure mode does while Redis is down, paused, and back.
+//! What Redis holds, and what each failure mode does while Redis is down, paused, and back.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use crate::common::*;
-use axum::Router;
+use super::*;
 use jelou_relay::config::{FailureMode, Settings};
-use serde_json::{Value, json};
-
-/// A Jelou stand-in that notes when each message arrives and accepts it after `delay`.
-#[derive(Clone)]
-struct Upstream {
-    uri: String,
-    arrivals: Arc<Mutex<Vec<Instant>>>,
-}
-
-impl Upstream {
-    async fn start(delay: Duration) -> Upstream {
-        let arrivals = Arc::new(Mutex::new(Vec::new()));
-        let noted = arrivals.clone();
-        let app = Router::new().fallback(move || {
-            let noted = noted.clone();
-            async move {
-                noted.lock().unwrap().push(Instant::now());
-                tokio::time::sleep(delay).await;
-                axum::Json(json!({"id": "wamid.1"}))
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Upstream { uri, arrivals }
-    }
-
-    fn calls(&self) -> usize {
-        self.arrivals.lock().unwrap().len()
-    }
-
-    fn arrivals(&self) -> Vec<Instant> {
-        let mut arrivals = self.arrivals.lock().unwrap().clone();
-        arrivals.sort();
-        arrivals
-    }
-}
-
-fn message_to(i: usize) -> Value {
-    let mut message = seed_message();
-    message["to"] = json!(format!("+5939876{i:05}"));
-    message
-}
-
-/// The largest excess, over all windows of arrivals, of the count over what GCRA allows
-/// (`burst + rate * window`), with one message of slack for scheduling jitter between
-/// admission and arrival. Positive means the limit was broken.
-fn worst_window(arrivals: &[Instant], rate: f64, burst: u32) -> f64 {
-    let mut worst = f64::MIN;
-    for i in 0..arrivals.len() {
-        for j in i..arrivals.len() {
-            let count = (j - i + 1) as f64;
-            let window = arrivals[j].duration_since(arrivals[i]).as_secs_f64();
-            worst = worst.max(count - (f64::from(burst) + rate * window + 1.0));
-        }
-    }
-    worst
-}
-
-fn relay_env<'a>(upstream: &'a str, redis: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("JELOU_RELAY__UPSTREAM__MODE", "jelou"),
-        ("JELOU_RELAY__UPSTREAM__BASE_URL", upstream),
-        ("JELOU_RELAY__BOTS__VENTAS__ID", BOT_ID),
-        ("JELOU_RELAY__BOTS__VENTAS__CLIENT_ID", CLIENT_ID),
-        ("JELOU_RELAY__BOTS__VENTAS__CLIENT_SECRET", CLIENT_SECRET),
-        ("JELOU_RELAY__STORE__BACKEND", "redis"),
-        ("JELOU_RELAY__STORE__REDIS_URL", redis),
-    ]
-}
-
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    message: &Value,
-    headers: &[(&str, &str)],
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut request = client.post(url).json(message);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.expect("the relay answers");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    (
-        status,
-        headers,
-        response.json().await.unwrap_or(Value::Null),
-    )
-}
-
-#[test]
-fn two_replicas_share_one_bot_budget() {
-    if !redis_available() {
-        return;
-    }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let upstream = runtime.block_on(Upstream::start(Duration::ZERO));
-    let redis = RedisServer::start();
-    let redis_url = redis.url();
-    let mut env = relay_env(&upstream.uri, &redis_url);
-    env.extend([
-        ("JELOU_RELAY__BOTS__VENTAS__RATE_PER_SECOND", "10"),
-        ("JELOU_RELAY__BOTS__VENTAS__BURST", "2"),
-        ("JELOU_RELAY__DELIVERY__RATE_LIMIT_MAX_WAIT_MS", "8000"),
-        ("JELOU_RELAY__DELIVERY__DEADLINE_MS", "15000"),
-    ]);
-    let replicas = [RelayProcess::start(&env), RelayProcess::start(&env)];
-    let urls: Vec<String> = replicas
-        .iter()
-        .map(|r| r.url("/v1/flow-messages"))
-        .collect();
-
-    // 40 messages at once, to 40 recipients, half through each replica.
-    let statuses = runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let sends = (0..40).map(|i| {
-            let (client, url) = (client.clone(), urls[i % 2].clone());
-            tokio::spawn(async move { post(&client, &url, &message_to(i), &[]).await.0 })
-        });
-        let mut statuses = Vec::new();
-        for send in sends {
-            statuses.push(send.await.unwrap());
-        }
-        statuses
-    });
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-
-    let arrivals = upstream.arrivals();
-    assert_eq!(arrivals.len(), 40);
-    let worst = worst_window(&arrivals, 10.0, 2);
-    assert!(
-        worst <= 0.0,
-        "Jelou saw more than 10/s (burst 2) over some window, by {worst:.1} messages"
-    );
-    // Per-process limits would let both replicas send 10/s each: 40 messages in ~1.9 s.
-    let span = arrivals[39].duration_since(arrivals[0]);
-    assert!(
-        span >= Duration::from_millis(3500),
-        "40 messages at 10/s with a burst of 2 span at least 3.8 s, took {span:?}"
-    );
-}
-
-#[test]
-fn the_same_key_at_both_replicas_at_once_sends_once() {
-    if !redis_available() {
-        return;
-    }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let upstream = runtime.block_on(Upstream::start(Duration::from_millis(300)));
-    let redis = RedisServer::start();
-    let redis_url = redis.url();
-    let env = relay_env(&upstream.uri, &redis_url);
-    let replicas = [RelayProcess::start(&env), RelayProcess::start(&env)];
-    let (a, b) = (
-        replicas[0].url("/v1/flow-messages"),
-        replicas[1].url("/v1/flow-messages"),
-    );
-
-    runtime.block_on(async {
-        let client = reqwest::Client::new();
-        for round in 0..5 {
-            let key = format!("order-{round}");
-            let message = message_to(round);
-            let headers = [("idempotency-key", key.as_str())];
-            let (first, second) = tokio::join!(
-                post(&client, &a, &message, &headers),
-                post(&client, &b, &message, &headers)
-            );
-            let answers = [&first, &second];
-            let sent: Vec<_> = answers
-                .iter()
-                .filter(|(status, headers, _)| {
-                    *status == 200 && !headers.contains_key("idempotent-replayed")
-                })
-                .collect();
-            assert_eq!(sent.len(), 1, "exactly one replica sent: {answers:?}");
-            for (status, headers, body) in answers {
-                match status {
-                    200 => assert_eq!(body["status"], "sent"),
-                    409 => {
-                        assert_eq!(body["code"], "idempotency_key_in_flight");
-                        assert_eq!(body["delivery"], "not_sent");
-                    }
-                    other => panic!("unexpected {other}: {headers:?} {body}"),
-                }
-            }
-            // Afterwards either replica replays the one answer.
-            let original = &sent[0].2;
-            for url in [&a, &b] {
-                let (status, headers, body) = post(&client, url, &message, &headers).await;
-                assert_eq!(status, 200);
-                assert_eq!(headers["idempotent-replayed"], "true");
-                assert_eq!(&body, original);
-            }
-        }
-    });
-    assert_eq!(upstream.calls(), 5, "one upstream call per key");
-}
-
-#[test]
-fn a_replica_that_dies_mid_send_leaves_an_unknown_outcome_not_a_second_send() {
-    if !redis_available() {
-        return;
-    }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let upstream = runtime.block_on(Upstream::start(Duration::from_secs(30)));
-    let redis = RedisServer::start();
-    let redis_url = redis.url();
-    let env = relay_env(&upstream.uri, &redis_url);
-    let mut dying = RelayProcess::start(&env);
-    let survivor = RelayProcess::start(&env);
-    let headers = [
-        ("idempotency-key", "order-77"),
-        ("x-request-timeout-ms", "1000"),
-    ];
-
-    let dying_url = dying.url("/v1/flow-messages");
-    let client = reqwest::Client::new();
-    let in_flight = {
-        let client = client.clone();
-        runtime.spawn(async move {
-            client
-                .post(dying_url)
-                .header("idempotency-key", "order-77")
-                .header("x-request-timeout-ms", "1000")
-                .json(&seed_message())
-                .send()
-                .await
-        })
-    };
-    while upstream.calls() == 0 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    dying.child.kill().unwrap();
-    dying.child.wait().unwrap();
-    assert!(
-        runtime.block_on(in_flight).unwrap().is_err(),
-        "the caller lost its connection: for it, the outcome is unknown"
-    );
-
-    let url = survivor.url("/v1/flow-messages");
-    runtime.block_on(async {
-        // While the dead replica's claim lasts (its deadline and a margin): in flight.
-        let (status, _, body) = post(&client, &url, &seed_message(), &headers).await;
-        assert_eq!(status, 409, "{body}");
-        // Then: the outcome is unknown, and the relay does not guess by sending again.
-        let started = Instant::now();
-        let (status, body) = loop {
-            let (status, _, body) = post(&client, &url, &seed_message(), &headers).await;
-            if status != 409 || started.elapsed() > Duration::from_secs(10) {
-                break (status, body);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert_eq!(status, 502, "{body}");
-        assert_eq!(body["code"], "send_interrupted");
-        assert_eq!(body["delivery"], "unknown");
-        assert_eq!(body["retryable"], false);
-    });
-    assert_eq!(upstream.calls(), 1, "never sent a second time");
-}
 
 fn redis_settings(upstream: &str, mode: FailureMode) -> Settings {
     let mut settings = settings_for(upstream);
@@ -428,7 +161,8 @@ async fn fail_closed_refuses_while_redis_is_down_and_recovers_by_itself() {
             !problem.to_string().contains("127.0.0.1:"),
             "no store address for callers: {problem}"
         );
-        assert!(started.elapsed() < Duration::from_secs(2));
+        // Well before the 10 s deadline, with room for a loaded machine.
+        assert!(started.elapsed() < Duration::from_secs(6));
     }
     assert_eq!(readiness(&app).await["store"]["state"], "down");
     assert_eq!(upstream.calls(), 1, "nothing sent while Redis is down");
@@ -527,7 +261,8 @@ async fn a_redis_that_never_answers_holds_no_request_past_its_deadline() {
         let problem = assert_problem(response, 504, "deadline_exceeded").await;
         assert_eq!(problem["delivery"], "not_sent");
         assert!(
-            elapsed < Duration::from_millis(2500),
+            // The store's timeout is 5 s; the room above 800 ms is for a loaded machine.
+            elapsed < Duration::from_millis(4000),
             "answered at its deadline, not the store's timeout: {elapsed:?}"
         );
     }
@@ -565,8 +300,9 @@ async fn fail_open_with_a_silent_redis_answers_promptly() {
             .await;
         assert_eq!(response.status(), 200);
         // Each store call gives up after store.timeout_ms (200 ms here); once the
-        // store is marked down, later requests do not wait for it at all.
-        assert!(started.elapsed() < Duration::from_secs(2));
+        // store is marked down, later requests do not wait for it at all. Well before
+        // the 10 s deadline, with room for a loaded machine.
+        assert!(started.elapsed() < Duration::from_secs(6));
     }
     assert_eq!(upstream.calls(), 4);
     app.redis.as_ref().unwrap().resume();
@@ -704,7 +440,8 @@ async fn redis_stopped_in_the_middle_of_traffic(mode: FailureMode) {
         .count();
     for (_, elapsed, status, body) in answers.iter() {
         assert!(
-            *elapsed < Duration::from_millis(2500),
+            // The deadline is 1.5 s; the room above it is for a loaded machine.
+            *elapsed < Duration::from_millis(4000),
             "answered within its deadline: {elapsed:?} {status} {body}"
         );
         match (mode, status) {
