@@ -1,6 +1,7 @@
 //! Settings: layered loading (file, environment file, env vars) and validation into a
 //! runtime configuration built of the types the modules that use them own.
 
+mod callers;
 mod settings;
 mod validate;
 

@@ -9,6 +9,12 @@
 //! and serializes them only when a line is written. A request span is created once,
 //! recorded twice and written once (its `request finished` line), so that is one
 //! serialization instead of three.
+//!
+//! Measured (callgrind, user-space instructions per request, 4 connections, frame-pointer
+//! build; see `benches/README.md`, step 11): 225,900 with json-subscriber, 203,700 with
+//! this layer (-10 %). Over 400 lines: the layer and its byte-for-byte comparison with
+//! json-subscriber. A side-by-side throughput run against json-subscriber on the current
+//! runtime is still to be made; if it shows 10 % or less, this module goes.
 
 use std::cell::RefCell;
 use std::fmt;
