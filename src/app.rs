@@ -9,12 +9,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::api::router::{admin_router, router};
 use crate::api::state::AppState;
 use crate::api::state::Readiness;
 use crate::config::RelayConfig;
+use crate::workers::Workers;
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,7 @@ pub struct Application {
     shutdown_delay: Duration,
     drain_timeout: Duration,
     header_read_timeout: Duration,
+    workers: usize,
     port: u16,
 }
 
@@ -78,6 +82,7 @@ impl Application {
             shutdown_delay: config.shutdown_delay,
             drain_timeout: config.drain_timeout,
             header_read_timeout: config.header_read_timeout,
+            workers: config.workers,
             port,
         })
     }
@@ -115,24 +120,25 @@ impl Application {
         };
         tokio::pin!(stop_accepting);
 
-        // One builder for HTTP/1 and h2c (prior knowledge); each connection is a task of
-        // the multi-threaded runtime, and so is each HTTP/2 stream, so one connection's
-        // requests can use every core.
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        // HTTP/1 connections are served start to end by one of the per-core workers (see
+        // `workers` for why); h2c connections (prior knowledge) by the shared runtime, whose
+        // threads take their streams, so one HTTP/2 connection's requests use every core.
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
-            // A client that dribbles its headers, or sends nothing, is cut off (slow-loris).
+            // A client that dribbles its headers is cut off (slow-loris).
             .header_read_timeout(self.header_read_timeout)
             // A caller that half-closes after its request still gets its answer.
             .half_close(true)
             .max_headers(100);
-        builder.http2().timer(TokioTimer::new());
+        let mut h2c = auto::Builder::new(TokioExecutor::new());
+        h2c.http2().timer(TokioTimer::new());
         let admin = self.admin.map(|(listener, _)| {
             tokio::spawn(async move {
                 axum::serve(listener, admin_router(crate::metrics::handle())).await
             })
         });
+        let workers = Arc::new(Workers::start(self.workers)?);
         let graceful = GracefulShutdown::new();
         let (draining, _) = tokio::sync::watch::channel(false);
         loop {
@@ -149,27 +155,44 @@ impl Application {
                     };
                     let _ = stream.set_nodelay(true);
                     let service = TowerToHyperService::new(self.router.clone());
-                    let builder = builder.clone();
+                    let (http1, h2c, workers) = (http1.clone(), h2c.clone(), workers.clone());
                     let watcher = graceful.watcher();
                     let mut draining = draining.subscribe();
                     let first_bytes_within = self.header_read_timeout;
                     tokio::spawn(async move {
-                        // hyper's header timeout starts once the protocol is detected: a
-                        // connection that sends nothing at all is closed here, and at
-                        // shutdown without holding the drain.
-                        let mut first = [0u8; 1];
-                        let first_bytes = tokio::time::timeout(first_bytes_within, stream.peek(&mut first));
-                        tokio::select! {
-                            arrived = first_bytes => match arrived {
-                                Ok(Ok(n)) if n > 0 => {}
-                                _ => return,
-                            },
+                        // A connection that sends nothing is closed after the header read
+                        // timeout, and at shutdown without holding the drain.
+                        let opening = tokio::time::timeout(first_bytes_within, opening(&stream));
+                        let opening = tokio::select! {
+                            opening = opening => opening,
                             _ = draining.wait_for(|draining| *draining) => return,
-                        }
-                        let connection = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .into_owned();
-                        if let Err(error) = watcher.watch(connection).await {
+                        };
+                        let served = match opening {
+                            Ok(Ok(Opening::Http2)) => watcher
+                                .watch(h2c.serve_connection(TokioIo::new(stream), service).into_owned())
+                                .await
+                                .map_err(|error| error.to_string()),
+                            Ok(Ok(Opening::Http1)) => {
+                                let Ok(stream) = stream.into_std() else { return };
+                                let connection = async move {
+                                    let stream = TcpStream::from_std(stream)?;
+                                    watcher
+                                        .watch(http1.serve_connection(TokioIo::new(stream), service))
+                                        .await
+                                        .map_err(std::io::Error::other)
+                                };
+                                workers.next_in_turn().spawn(async move {
+                                    if let Err(error) = connection.await {
+                                        tracing::debug!(%error, "connection ended with an error");
+                                    }
+                                });
+                                Ok(())
+                            }
+                            Ok(Ok(Opening::Closed)) => Ok(()),
+                            Ok(Err(error)) => Err(error.to_string()),
+                            Err(_elapsed) => Err("nothing received within header_read_timeout_ms".into()),
+                        };
+                        if let Err(error) = served {
                             tracing::debug!(%error, "connection ended with an error");
                         }
                     });
@@ -188,11 +211,39 @@ impl Application {
                 "drain period over; exiting with requests still in flight"
             ),
         }
+        if let Ok(workers) = Arc::try_unwrap(workers) {
+            workers.stop().await;
+        }
         if let Some(admin) = admin {
             admin.abort();
         }
         Ok(())
     }
+}
+
+/// What a connection speaks, from its first bytes.
+enum Opening {
+    Http1,
+    /// The HTTP/2 preface, or a prefix of it.
+    Http2,
+    /// Closed before sending anything.
+    Closed,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits for a connection's first bytes and reads them without consuming them, so the
+/// connection that serves it gets the whole stream.
+async fn opening(stream: &TcpStream) -> std::io::Result<Opening> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    let n = stream.peek(&mut first).await?;
+    Ok(if n == 0 {
+        Opening::Closed
+    } else if first[..n] == H2_PREFACE[..n] {
+        Opening::Http2
+    } else {
+        Opening::Http1
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -16,3 +16,4 @@ pub mod jelou;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;
+pub mod workers;

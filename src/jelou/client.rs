@@ -18,21 +18,45 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 #[derive(Clone, Debug)]
 pub struct JelouClient {
     http: reqwest::Client,
+    connect_timeout: Duration,
     credentials: CredentialBook,
 }
 
 impl JelouClient {
     /// The per-attempt timeout is the delivery stack's; only connection set-up is bounded here.
     pub fn new(connect_timeout: Duration, credentials: CredentialBook) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        Ok(JelouClient {
+            http: Self::build(connect_timeout)?,
+            connect_timeout,
+            credentials,
+        })
+    }
+
+    fn build(connect_timeout: Duration) -> Result<reqwest::Client, String> {
+        reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             // A redirected POST could be replayed or turned into a GET: never follow one.
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| format!("cannot build the HTTP client for Jelou: {e}"))?;
-        Ok(JelouClient { http, credentials })
+            .map_err(|e| format!("cannot build the HTTP client for Jelou: {e}"))
+    }
+
+    /// This thread's client (one per worker, see `workers`): connections made by it are
+    /// driven on this thread, so a request and its connection to Jelou wake each other
+    /// without crossing threads.
+    fn local(&self) -> reqwest::Client {
+        thread_local! {
+            static LOCAL: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
+        }
+        LOCAL.with(|local| {
+            local
+                .get_or_init(|| {
+                    Self::build(self.connect_timeout).unwrap_or_else(|_| self.http.clone())
+                })
+                .clone()
+        })
     }
 
     async fn send(self, request: Arc<FlowRequest>) -> Verdict {
@@ -40,7 +64,7 @@ impl JelouClient {
             return Verdict::NoCredentials;
         };
         let sent = self
-            .http
+            .local()
             .post(request.url.clone())
             .headers(request.headers(Some(credentials.authorization())))
             .body(request.body.clone())
