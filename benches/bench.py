@@ -41,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "jelou-relay"
+BASELINE = None  # another relay binary measured beside this one (--baseline)
 FLOOR = ROOT / "target" / "release" / "examples" / "floor"
 WRK_SCRIPT = ROOT / "benches" / "wrk.lua"
 
@@ -54,6 +55,7 @@ PORT_SIM, PORT_NGINX, PORT_RELAY, PORT_ADMIN = 19081, 19082, 19080, 19090
 PORT_SLOW_SIM, PORT_PRESSURE, PORT_PRESSURE_ADMIN = 19083, 19084, 19094
 PORT_STARTUP, PORT_STARTUP_ADMIN = 19085, 19095
 PORT_FLOOR, PORT_FLOOR_LOCAL = 19086, 19087
+PORT_BASELINE, PORT_BASELINE_ADMIN = 19088, 19098
 
 RELAY_MESSAGE = {
     "bot": "ventas",
@@ -314,6 +316,12 @@ def summarize(runs, levels, names):
             row["rps_vs_floor"] = round(row["rps"] / rows["floor"]["rps"], 3)
             row["added_p50_ms"] = round(row["p50_ms"] - direct["p50_ms"], 3)
             row["added_p99_ms"] = round(row["p99_ms"] - direct["p99_ms"], 3)
+            if "baseline" in rows:
+                base = rows["baseline"]
+                row["rps_vs_baseline"] = round(row["rps"] / base["rps"], 3)
+                if row["cpu_us_per_request"] and base["cpu_us_per_request"]:
+                    row["cpu_vs_baseline"] = round(row["cpu_us_per_request"]
+                                                   / base["cpu_us_per_request"], 3)
         summary.append({"connections": level, "targets": rows})
     return summary
 
@@ -461,9 +469,10 @@ def chart(summary, levels, names, path):
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"direct": ("#888888", "o"), "nginx": ("#2a7ab9", "s"), "floor": ("#4f9a3a", "D"),
-              "relay": ("#d9541e", "^")}
+              "relay": ("#d9541e", "^"), "baseline": ("#9467bd", "v")}
     labels = {"direct": "direct to upstream", "nginx": "nginx (Authorization injected)",
-              "floor": "axum + reqwest pass-through (stack floor)", "relay": "jelou-relay"}
+              "floor": "axum + reqwest pass-through (stack floor)", "relay": "jelou-relay",
+              "baseline": "jelou-relay, baseline binary"}
     for name in names:
         color, marker = styles[name]
         rps = [s["targets"][name]["rps"] for s in summary]
@@ -499,6 +508,18 @@ def print_tables(summary, half, pressure_rows, stack, start, info):
                   f"| {row['rps_vs_floor']:.2f} | {row['rps_vs_direct']:.2f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
                   f"| {row['p999_ms']:.2f} | {row['added_p50_ms']:+.2f} | {row['added_p99_ms']:+.2f} "
                   f"| {cpu} | {rss} | {row['errors']} |")
+    if "baseline" in summary[0]["targets"]:
+        print("\nThe relay against the baseline binary, side by side in this run:\n")
+        print("| conns | relay req/s | baseline req/s | relay / baseline | relay CPU µs/req "
+              "| baseline CPU µs/req | relay CPU / baseline |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for level in summary:
+            relay, base = level["targets"]["relay"], level["targets"]["baseline"]
+            cpu_ratio = relay.get("cpu_vs_baseline")
+            print(f"| {level['connections']} | {relay['rps']:.0f} | {base['rps']:.0f} "
+                  f"| {relay['rps_vs_baseline']:.2f} | {relay['cpu_us_per_request'] or 0:.0f} "
+                  f"| {base['cpu_us_per_request'] or 0:.0f} "
+                  f"| {f'{cpu_ratio:.2f}' if cpu_ratio else '—'} |")
     print(f"\nHalf of the relay's saturation: {half['connections']} connections pausing on average "
           f"{half['delay_ms']} ms after each answer, aiming at {half['target_rps']} req/s "
           f"(the relay's peak: {half['relay_peak_rps']:.0f}):\n")
@@ -541,10 +562,16 @@ def main():
     parser.add_argument("--binary", help="a jelou-relay binary to use instead of building one")
     parser.add_argument("--floor", help="a floor binary (benches/floor.rs, built as the example "
                         "`floor`) to use instead of building one")
+    parser.add_argument("--baseline", help="another jelou-relay binary (e.g. built from an "
+                        "earlier commit) measured beside the relay in every level")
     parser.add_argument("--stack-connections", type=int, default=1024,
                         help="connections for the axum + hyper memory floor")
     args = parser.parse_args()
-    global BIN, FLOOR
+    global BIN, FLOOR, BASELINE
+    if args.baseline:
+        BASELINE = Path(args.baseline).resolve()
+        if not BASELINE.exists():
+            raise SystemExit(f"--baseline {BASELINE}: no such file")
     if args.binary:
         BIN = Path(args.binary).resolve()
         args.skip_build = True
@@ -575,7 +602,7 @@ def main():
 
     busy = [port for port in (PORT_SIM, PORT_NGINX, PORT_RELAY, PORT_ADMIN, PORT_SLOW_SIM,
                               PORT_PRESSURE, PORT_PRESSURE_ADMIN, PORT_STARTUP, PORT_STARTUP_ADMIN,
-                              PORT_FLOOR, PORT_FLOOR_LOCAL)
+                              PORT_FLOOR, PORT_FLOOR_LOCAL, PORT_BASELINE, PORT_BASELINE_ADMIN)
             if http_status(port, "/") is not None or port_taken(port)]
     if busy:
         raise SystemExit(f"ports already in use: {busy}; stop whatever listens there first")
@@ -599,6 +626,11 @@ def main():
                             work / "floor.log")
         relay = procs.start([str(BIN), "serve"], work / "relay.log",
                             relay_env(PORT_SIM, PORT_RELAY, PORT_ADMIN))
+        baseline = None
+        if BASELINE:
+            baseline = procs.start([str(BASELINE), "serve"], work / "baseline.log",
+                                   relay_env(PORT_SIM, PORT_BASELINE, PORT_BASELINE_ADMIN))
+            wait_http(PORT_BASELINE, "/readyz", want=200)
         wait_http(PORT_SIM, "/_simulator/stats", want=200)
         wait_http(PORT_SLOW_SIM, "/_simulator/stats", want=200)
         wait_http(PORT_NGINX, "/_simulator/stats", want=200)
@@ -617,6 +649,10 @@ def main():
             Target("relay", f"http://127.0.0.1:{PORT_RELAY}/v1/flow-messages", RELAY_MESSAGE,
                    {"Authorization": f"Bearer {CALLER_KEY}"}, [relay.pid]),
         ]
+        if baseline:
+            targets.append(Target("baseline", f"http://127.0.0.1:{PORT_BASELINE}/v1/flow-messages",
+                                  RELAY_MESSAGE, {"Authorization": f"Bearer {CALLER_KEY}"},
+                                  [baseline.pid]))
         names = [t.name for t in targets]
 
         log("== warm-up")
@@ -644,6 +680,8 @@ def main():
         pressure_rows = [pressure(procs, work, args.pressure_connections, args.pressure_duration, b)
                          for b in ("default", "raised")]
         procs.stop(floor)
+        if baseline:
+            procs.stop(baseline)
         log(f"== axum + hyper with no work: the floor answering by itself, "
             f"{args.stack_connections} connections")
         stack = stack_memory(procs, work, args.stack_connections, args.duration)
