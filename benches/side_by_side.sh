@@ -5,6 +5,7 @@
 #
 #   LOAD=h2c bash benches/side_by_side.sh OLD NEW   # one h2c connection, 64 streams (h2load)
 #   LOAD=wrk CONNECTIONS=64 bash benches/side_by_side.sh OLD NEW   # HTTP/1, wrk, DURATION s
+#   LOG_LEVEL=info ...   # the relay writes its JSON line per request (default: warn, none)
 #
 # Needs h2load (apt-get install nghttp2-client) or wrk.
 set -euo pipefail
@@ -29,7 +30,7 @@ for binary in "$@"; do
     JELOU_RELAY__BOTS__VENTAS__RATE_PER_SECOND=1000000 JELOU_RELAY__BOTS__VENTAS__BURST=1000000 \
     JELOU_RELAY__RECIPIENTS__RATE_PER_SECOND=1000000 JELOU_RELAY__RECIPIENTS__BURST=1000000 \
     JELOU_RELAY__CALLERS__BENCH__KEY_SHA256="$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)" \
-    JELOU_RELAY__LOG__FORMAT=json JELOU_RELAY__LOG__LEVEL=warn \
+    JELOU_RELAY__LOG__FORMAT=json JELOU_RELAY__LOG__LEVEL="${LOG_LEVEL:-warn}" \
     "$binary" serve > /tmp/h2c-relay.log 2>&1 &
   relay=$!
   for _ in $(seq 1 100); do

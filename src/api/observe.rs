@@ -6,25 +6,20 @@
 //! Jelou's status, the attempts) back in the response's extensions, and everything is
 //! recorded at once when the answer is ready.
 
-use std::cell::RefCell;
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
 use http::StatusCode;
-use metrics::{Counter, Gauge, Histogram, SharedString};
-use tower::{Layer, Service};
-use tracing::Span;
-use tracing::instrument::{Instrument, Instrumented};
+use metrics::SharedString;
+use tracing::{Instrument, Span};
 
 use super::auth::Authenticated;
 use super::request_id;
 use super::trace_context::TraceContext;
 
-/// How a request ended, as far as the handler knows; read by [`Observe`].
+/// How a request ended, as far as the handler knows; read by [`observe`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestOutcome {
     /// `sent`, `validated`, `replayed`, `refused`, `not_sent` or `unknown`.
@@ -42,72 +37,14 @@ impl RequestOutcome {
     }
 }
 
-/// The [`Layer`] of [`Observe`].
-#[derive(Clone, Copy, Default)]
-pub struct ObserveLayer;
-
-impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
-
-    fn layer(&self, inner: S) -> Observe<S> {
-        Observe { inner }
-    }
-}
-
 /// Opens the request span, continues the caller's trace, counts and times the request,
-/// and writes the `request finished` line. A plain service, so its future is the inner
-/// service's, unboxed (axum's `from_fn` would box it and the service it hands on).
-#[derive(Clone)]
-pub struct Observe<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request> for Observe<S>
-where
-    S: Service<Request, Response = http::Response<B>, Error = Infallible>,
-{
-    type Response = http::Response<B>;
-    type Error = Infallible;
-    type Future = ObserveFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        let observing = Observing::start(&mut request);
-        let span = observing.span.clone();
-        let inner = span.in_scope(|| self.inner.call(request));
-        ObserveFuture {
-            inner: inner.instrument(span),
-            observing: Some(observing),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The inner service's future, in the request span.
-    pub struct ObserveFuture<F> {
-        #[pin]
-        inner: Instrumented<F>,
-        observing: Option<Observing>,
-    }
-}
-
-impl<F, B> Future for ObserveFuture<F>
-where
-    F: Future<Output = Result<http::Response<B>, Infallible>>,
-{
-    type Output = Result<http::Response<B>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Ok(response) = ready!(this.inner.poll(cx));
-        if let Some(observing) = this.observing.take() {
-            observing.finish(&response);
-        }
-        Poll::Ready(Ok(response))
-    }
+/// and writes the `request finished` line.
+pub async fn observe(mut request: Request, next: Next) -> Response {
+    let observing = Observing::start(&mut request);
+    let span = observing.span.clone();
+    let response = next.run(request).instrument(span).await;
+    observing.finish(&response);
+    response
 }
 
 /// A request being observed: its span, start, route and in-flight count.
@@ -168,7 +105,7 @@ impl Observing {
         }
     }
 
-    fn finish<B>(self, response: &http::Response<B>) {
+    fn finish(self, response: &Response) {
         drop(self.in_flight);
         let elapsed = self.started.elapsed();
         let caller = response.extensions().get::<Authenticated>();
@@ -193,54 +130,14 @@ impl Observing {
     }
 }
 
-/// The handles of one label set of the request metrics.
-struct RequestHandles {
-    route: SharedString,
-    status: StatusCode,
-    caller: Box<str>,
-    count: Counter,
-    duration: Histogram,
-}
-
-/// Label sets kept per thread; past this many (never, with the relay's routes, codes
-/// and callers) metrics are looked up on each request.
-const CACHED_LABEL_SETS: usize = 512;
-
-thread_local! {
-    // Looking a metric up by name and labels builds and hashes a key and takes the
-    // registry's lock on every request; the handles are kept per worker thread instead.
-    static REQUEST_HANDLES: RefCell<Vec<RequestHandles>> = const { RefCell::new(Vec::new()) };
-    static IN_FLIGHT: Gauge = metrics::gauge!(crate::metrics::IN_FLIGHT);
-}
-
 fn record_request(route: SharedString, status: StatusCode, caller: &str, seconds: f64) {
-    REQUEST_HANDLES.with_borrow_mut(|known| {
-        let cached = known.iter().find(|handles| {
-            handles.status == status && *handles.route == *route && *handles.caller == *caller
-        });
-        if let Some(handles) = cached {
-            handles.count.increment(1);
-            handles.duration.record(seconds);
-            return;
-        }
-        let labels = [
-            ("route", route.clone()),
-            ("status", status_label(status)),
-            ("caller", SharedString::from(caller.to_owned())),
-        ];
-        let handles = RequestHandles {
-            route,
-            status,
-            caller: caller.into(),
-            count: metrics::counter!(crate::metrics::REQUESTS, &labels),
-            duration: metrics::histogram!(crate::metrics::REQUEST_DURATION, &labels),
-        };
-        handles.count.increment(1);
-        handles.duration.record(seconds);
-        if known.len() < CACHED_LABEL_SETS {
-            known.push(handles);
-        }
-    });
+    let labels = [
+        ("route", route),
+        ("status", status_label(status)),
+        ("caller", SharedString::from(caller.to_owned())),
+    ];
+    metrics::counter!(crate::metrics::REQUESTS, &labels).increment(1);
+    metrics::histogram!(crate::metrics::REQUEST_DURATION, &labels).record(seconds);
 }
 
 /// Counts a request in `jelou_relay_in_flight_requests` while it lives.
@@ -248,14 +145,14 @@ struct InFlight;
 
 impl InFlight {
     fn enter() -> InFlight {
-        IN_FLIGHT.with(|gauge| gauge.increment(1.0));
+        metrics::gauge!(crate::metrics::IN_FLIGHT).increment(1.0);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        IN_FLIGHT.with(|gauge| gauge.decrement(1.0));
+        metrics::gauge!(crate::metrics::IN_FLIGHT).decrement(1.0);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The routes and the inbound stack, kept apart from `main` so tests can drive them.
 
 use axum::Router;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::header;
@@ -13,10 +14,10 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::auth::Authenticate;
-use super::check::CheckLayer;
+use super::check::check;
 use super::health::{healthz, readyz};
 use super::limits::{HeaderSize, ShedOverload};
-use super::observe::ObserveLayer;
+use super::observe::observe;
 use super::openapi::ApiDoc;
 use super::problem::ApiError;
 use super::request_id::{MakeRequestUuid, RequestId, X_REQUEST_ID, drop_unacceptable};
@@ -24,10 +25,6 @@ use super::send::send_flow_message;
 use super::state::AppState;
 
 /// The routes and the inbound stack, kept apart from `main` so tests can drive it.
-///
-/// The inbound stack is one `layer` call of concrete services: axum boxes a route once
-/// per `layer`/`route_layer` call and clones every box below a layer on each request,
-/// so nesting them costs allocations on the hot path.
 pub fn router(state: AppState) -> Router {
     let header_limit = state.max_header_bytes;
     let api = Router::new()
@@ -36,12 +33,18 @@ pub fn router(state: AppState) -> Router {
         // request; then the caller's key and rate.
         .route_layer(
             ServiceBuilder::new()
-                .layer(CheckLayer(ShedOverload {
-                    permits: state.permits.clone(),
-                }))
-                .layer(CheckLayer(Authenticate {
-                    gate: state.gate.clone(),
-                })),
+                .layer(from_fn_with_state(
+                    ShedOverload {
+                        permits: state.permits.clone(),
+                    },
+                    check::<ShedOverload>,
+                ))
+                .layer(from_fn_with_state(
+                    Authenticate {
+                        gate: state.gate.clone(),
+                    },
+                    check::<Authenticate>,
+                )),
         );
     let routes = api
         .route("/healthz", get(healthz))
@@ -65,15 +68,18 @@ pub fn router(state: AppState) -> Router {
             header::AUTHORIZATION,
         ]))
         // The span, the trace context, the request metrics and the final log line.
-        .layer(ObserveLayer)
+        .layer(from_fn(observe))
         // Last line of defence: a panic becomes a problem+json 500, never a dropped connection.
         .layer(CatchPanicLayer::custom(|_panic| {
             tracing::error!("handler panicked");
             ApiError::Internal.into_problem("unknown").into_response()
         }))
-        .layer(CheckLayer(HeaderSize {
-            limit: header_limit,
-        }));
+        .layer(from_fn_with_state(
+            HeaderSize {
+                limit: header_limit,
+            },
+            check::<HeaderSize>,
+        ));
     routes.layer(inbound)
 }
 

@@ -10,11 +10,14 @@
 //! recorded twice and written once (its `request finished` line), so that is one
 //! serialization instead of three.
 //!
-//! Measured (callgrind, user-space instructions per request, 4 connections, frame-pointer
-//! build; see `benches/README.md`, step 11): 225,900 with json-subscriber, 203,700 with
-//! this layer (-10 %). Over 400 lines: the layer and its byte-for-byte comparison with
-//! json-subscriber. A side-by-side throughput run against json-subscriber on the current
-//! runtime is still to be made; if it shows 10 % or less, this module goes.
+//! Kept by hand, with the block writer in `telemetry/mod.rs`, because the crates cost more
+//! than 10 %: json-subscriber with tracing-appender's non-blocking writer, everything
+//! else the same, gave 0.95 of the throughput and 1.15 times the CPU per request (medians
+//! of 4 alternating 5 s rounds at 32 connections, info-level JSON lines; with a 64 KiB
+//! buffer under the appender, 0.90 and 1.20), 2026-12-01, 2 cores:
+//! `LOG_LEVEL=info LOAD=wrk CONNECTIONS=32 DURATION=5 bash benches/side_by_side.sh A B`
+//! with A and B built from this tree with and without the swap. Over 400 lines: the
+//! layer and its byte-for-byte comparison with json-subscriber.
 
 use std::cell::RefCell;
 use std::fmt;
