@@ -1,6 +1,11 @@
 //! W3C Trace Context: a caller's `traceparent` is continued (it becomes the parent of the
 //! request span, exported over OTLP when configured, and Jelou receives the same trace
 //! under the relay's span id); without one, a trace starts here.
+//!
+//! The parse is the relay's own, not opentelemetry's `TraceContextPropagator`: the
+//! propagator takes trace and span ids shorter than 32 and 16 hex digits (it reads them
+//! as numbers) and versions above `00`, which the tests below refuse; a hostile header
+//! must not become a trace id. The contexts it builds are opentelemetry's.
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing::Span;

@@ -8,6 +8,13 @@ use super::phone::Recipient;
 use super::strict_json::kind;
 use super::text::{Caption, Cta, Text, Title};
 
+/// The longest Flow name, first screen, flow token and flow type accepted, in characters;
+/// the OpenAPI document states the same numbers.
+pub const NAME_MAX: usize = 128;
+pub const SCREEN_MAX: usize = 128;
+pub const TOKEN_MAX: usize = 1024;
+pub const TYPE_MAX: usize = 64;
+
 /// One problem with one field of the request, by its JSON path (`flow.cta`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
@@ -100,7 +107,7 @@ impl FlowMessage {
         };
         let flow_type = fields
             .optional_string("type", &mut errors)
-            .and_then(|v| fields.check("type", token("type", v, 64), &mut errors));
+            .and_then(|v| fields.check("type", token("type", v, TYPE_MAX), &mut errors));
         let context = fields.optional_object("context", &mut errors);
         fields.reject_unknown(&mut errors);
 
@@ -126,13 +133,13 @@ fn parse_flow(map: Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<F
     let mut fields = Fields::new(map, "flow.");
     let name = fields
         .required_string("name", errors)
-        .and_then(|v| fields.check("name", token("name", v, 128), errors));
+        .and_then(|v| fields.check("name", token("name", v, NAME_MAX), errors));
     let cta = fields
         .required_string("cta", errors)
         .and_then(|v| fields.check("cta", Cta::parse(v), errors));
     let screen = fields
         .optional_string("screen", errors)
-        .and_then(|v| fields.check("screen", token("screen", v, 128), errors));
+        .and_then(|v| fields.check("screen", token("screen", v, SCREEN_MAX), errors));
     let data = fields.optional_object("data", errors).and_then(|data| {
         if data.is_empty() {
             errors.push(FieldError::new(
@@ -146,7 +153,7 @@ fn parse_flow(map: Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<F
     });
     let flow_token = fields
         .optional_string("token", errors)
-        .and_then(|v| fields.check("token", token("token", v, 1024), errors));
+        .and_then(|v| fields.check("token", token("token", v, TOKEN_MAX), errors));
     let mode = fields.optional_string("mode", errors).and_then(|v| {
         let parsed = match v.as_str() {
             "draft" => Ok(FlowMode::Draft),

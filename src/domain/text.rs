@@ -9,12 +9,18 @@ use unicode_properties::UnicodeEmoji;
 #[derive(Clone, PartialEq, Eq)]
 pub struct BoundedText<const MAX: usize>(String);
 
+/// WhatsApp's limits, in characters; the OpenAPI document states the same numbers.
+pub const TITLE_MAX: usize = 60;
+pub const TEXT_MAX: usize = 1024;
+pub const CAPTION_MAX: usize = 60;
+pub const CTA_MAX: usize = 30;
+
 /// Header above the Flow button: 1..=60 characters.
-pub type Title = BoundedText<60>;
+pub type Title = BoundedText<TITLE_MAX>;
 /// Body text: 1..=1024 characters.
-pub type Text = BoundedText<1024>;
+pub type Text = BoundedText<TEXT_MAX>;
 /// Footer text: 1..=60 characters.
-pub type Caption = BoundedText<60>;
+pub type Caption = BoundedText<CAPTION_MAX>;
 
 impl<const MAX: usize> BoundedText<MAX> {
     pub fn parse(raw: String) -> Result<Self, String> {
@@ -46,11 +52,11 @@ impl<const MAX: usize> fmt::Debug for BoundedText<MAX> {
 
 /// The Flow button's text: 1..=30 characters, no emoji.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Cta(BoundedText<30>);
+pub struct Cta(BoundedText<CTA_MAX>);
 
 impl Cta {
     pub fn parse(raw: String) -> Result<Self, String> {
-        let text = BoundedText::<30>::parse(raw)?;
+        let text = BoundedText::<CTA_MAX>::parse(raw)?;
         if let Some(c) = text.as_str().chars().find(|&c| is_emoji(c)) {
             return Err(format!(
                 "must not contain emoji (found U+{:04X}); WhatsApp refuses emoji in the button text",

@@ -1,6 +1,7 @@
 //! The send endpoint's documented shapes: the request body as OpenAPI shows it (the
 //! handler parses it itself, so that every field error is reported at once), the query
-//! and the 200 answers.
+//! and the 200 answers. utoipa takes only literals for lengths: a test holds them to the
+//! domain's limits.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -132,4 +133,33 @@ pub struct ValidatedResponse {
 pub enum SendOutcome {
     Sent(SentResponse),
     Validated(ValidatedResponse),
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi;
+
+    use crate::api::openapi::ApiDoc;
+    use crate::domain::flow_message::{NAME_MAX, SCREEN_MAX, TOKEN_MAX, TYPE_MAX};
+    use crate::domain::text::{CAPTION_MAX, CTA_MAX, TEXT_MAX, TITLE_MAX};
+
+    #[test]
+    fn documented_lengths_are_the_domains_limits() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let message = &schemas["FlowMessageRequest"]["properties"];
+        let flow = &schemas["FlowRequest"]["properties"];
+        for (property, max) in [
+            (&message["title"], TITLE_MAX),
+            (&message["text"], TEXT_MAX),
+            (&message["caption"], CAPTION_MAX),
+            (&message["type"], TYPE_MAX),
+            (&flow["name"], NAME_MAX),
+            (&flow["cta"], CTA_MAX),
+            (&flow["screen"], SCREEN_MAX),
+            (&flow["token"], TOKEN_MAX),
+        ] {
+            assert_eq!(property["maxLength"], max, "{property}");
+        }
+    }
 }
