@@ -6,9 +6,9 @@
 //! Jelou) then all run on one thread: no task is woken across threads, and its data stays
 //! in one core's cache. Kept by hand because the crate costs more than 10 %: serving
 //! HTTP/1 on the shared runtime too gave 0.83 to 0.92 of the throughput at 16 connections
-//! and 0.66 at 64, with 49 to 70 µs of CPU per request against 42 to 46 (2026-12-01, 2
-//! cores; `LOAD=wrk CONNECTIONS=16 bash benches/side_by_side.sh OLD NEW`, figures in
-//! `benches/README.md`). The listener hands each HTTP/1 connection to the next worker in
+//! (3 rounds) and 0.66 at 64, with 1.11 to 1.21 and 1.64 times the CPU per request
+//! (2026-12-01, 2 cores; `LOAD=wrk CONNECTIONS=16 DURATION=5 bash
+//! benches/side_by_side.sh A B`, figures in `benches/README.md`). The listener hands each HTTP/1 connection to the next worker in
 //! turn.
 
 use std::io;

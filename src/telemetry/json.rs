@@ -12,9 +12,9 @@
 //!
 //! Kept by hand, with the block writer in `telemetry/mod.rs`, because the crates cost more
 //! than 10 %: json-subscriber with tracing-appender's non-blocking writer, everything
-//! else the same, gave 0.95 of the throughput and 1.15 times the CPU per request (medians
+//! else the same, gave 0.95 of the throughput and 1.16 times the CPU per request (medians
 //! of 4 alternating 5 s rounds at 32 connections, info-level JSON lines; with a 64 KiB
-//! buffer under the appender, 0.90 and 1.20), 2026-12-01, 2 cores:
+//! buffer under the appender, 0.91 and 1.19), 2026-12-01, 2 cores:
 //! `LOG_LEVEL=info LOAD=wrk CONNECTIONS=32 DURATION=5 bash benches/side_by_side.sh A B`
 //! with A and B built from this tree with and without the swap. Over 400 lines: the
 //! layer and its byte-for-byte comparison with json-subscriber.
