@@ -585,9 +585,14 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    # Every prerequisite is checked before the run, so none fails it at its end.
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (apt-get install -y wrk nginx)")
+    try:
+        import matplotlib  # noqa: F401  (the chart is drawn last, after the results are written)
+    except ImportError:
+        raise SystemExit("matplotlib is not installed (python3 -m pip install 'matplotlib==3.*')")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = max(65536, soft)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard) if hard != resource.RLIM_INFINITY else want, hard))

@@ -22,8 +22,17 @@ use crate::workers::Workers;
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {address}: {source}")]
+    #[error(
+        "cannot listen on {address}: {source}; set server.port (JELOU_RELAY__SERVER__PORT) to a free port"
+    )]
     Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the admin listener (/metrics) cannot listen on {address}: {source}; set admin.port (JELOU_RELAY__ADMIN__PORT) to a free port, or admin.enabled = false (JELOU_RELAY__ADMIN__ENABLED=false) to run without it"
+    )]
+    AdminBind {
         address: String,
         source: std::io::Error,
     },
@@ -63,7 +72,7 @@ impl Application {
             None => None,
             Some((host, admin_port)) => {
                 let address = format!("{host}:{admin_port}");
-                let bind_error = |source| StartError::Bind {
+                let bind_error = |source| StartError::AdminBind {
                     address: address.clone(),
                     source,
                 };
@@ -268,4 +277,11 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
+    // A second Ctrl-C during the drain means "now": exit at once, as shells expect (130).
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("second interrupt: exiting now, without waiting for in-flight requests");
+            std::process::exit(130);
+        }
+    });
 }

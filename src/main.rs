@@ -41,6 +41,9 @@ enum Command {
         #[arg(long)]
         port: Option<u16>,
     },
+    /// Mint a caller key: the key on the first line (give it to the caller), and the
+    /// `key_sha256 = "..."` line for callers.<name> in the relay's configuration on the second.
+    NewKey,
     /// Read a caller key from stdin and print its SHA-256 for callers.<name>.key_sha256.
     HashKey,
     /// Serve a Jelou stand-in (flow_message API) with injected latency and faults.
@@ -53,16 +56,22 @@ struct SimulateArgs {
     host: String,
     #[arg(long, default_value_t = 8081)]
     port: u16,
-    /// Require these Basic credentials (with --client-secret); any are accepted otherwise.
-    #[arg(long, requires = "client_secret")]
+    /// Require these Basic credentials (with a secret); any are accepted otherwise.
+    #[arg(long)]
     client_id: Option<String>,
+    /// The secret, inline. Prefer --client-secret-file or SIMULATOR_CLIENT_SECRET: a
+    /// command line is shown by `ps` and echoed by `cargo run`.
     #[arg(
         long,
         requires = "client_id",
         env = "SIMULATOR_CLIENT_SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "client_secret_file"
     )]
     client_secret: Option<String>,
+    /// A file holding the secret (a trailing newline is ignored).
+    #[arg(long, requires = "client_id")]
+    client_secret_file: Option<PathBuf>,
     /// Fixed delay before every answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
@@ -93,10 +102,18 @@ fn main() -> ExitCode {
         }
         Command::Simulate(args) => simulate(args),
         Command::HashKey => hash_key(),
+        Command::NewKey => match api::auth::new_key() {
+            Ok(key) => {
+                println!("{key}");
+                println!("key_sha256 = \"{}\"", api::auth::hash_key(key.as_bytes()));
+                ExitCode::SUCCESS
+            }
+            Err(message) => fail(&message),
+        },
         Command::Healthcheck { port } => healthcheck(&dir, port),
         Command::CheckConfig => match load(&dir) {
             Ok((config, _)) => {
-                println!("{}", summary(&config));
+                println!("{}", config.summary());
                 ExitCode::SUCCESS
             }
             Err(message) => fail(&message),
@@ -121,47 +138,6 @@ fn load(dir: &std::path::Path) -> Result<(RelayConfig, Settings), String> {
     Ok((config, settings))
 }
 
-fn summary(config: &RelayConfig) -> String {
-    let mut lines = vec![
-        "configuration OK".to_string(),
-        format!("environment: {}", config.environment.as_str()),
-        format!("listen: {}:{}", config.listen.0, config.listen.1),
-        format!("workers: {}", config.workers),
-        format!(
-            "upstream: {} {}",
-            match config.mode {
-                UpstreamMode::Jelou => "jelou",
-                UpstreamMode::Sandbox => "sandbox",
-            },
-            config.base_url
-        ),
-    ];
-    lines.push(match &config.store {
-        StoreConfig::Memory => "store: memory (this process only; one replica)".to_string(),
-        StoreConfig::Redis(redis) => format!(
-            "store: redis {} ({}, expected replicas {}, timeout {} ms, key prefix {:?})",
-            redis.target,
-            redis.failure_mode.as_str(),
-            redis.expected_replicas,
-            redis.timeout.as_millis(),
-            redis.key_prefix
-        ),
-    });
-    for alias in config.bots.aliases() {
-        if let Ok(bot) = config.bots.resolve(Some(alias)) {
-            lines.push(format!(
-                "bot {alias}: id {}, credentials {}",
-                bot.id,
-                match config.credentials.get(alias) {
-                    Some(c) => format!("client_id {} (secret set)", c.client_id()),
-                    None => "none".to_string(),
-                }
-            ));
-        }
-    }
-    lines.join("\n")
-}
-
 /// The multi-threaded runtime `serve` and `simulate` run on.
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
@@ -184,16 +160,29 @@ fn serve(config: RelayConfig, settings: Settings) -> ExitCode {
     runtime.block_on(async move {
         let application = match Application::build(&config).await {
             Ok(application) => application,
-            Err(error) => {
-                tracing::error!(%error, "start-up failed");
-                return fail(&error.to_string());
-            }
+            // Said once, on stderr: the log and the terminal are often the same screen.
+            Err(error) => return fail(&error.to_string()),
+        };
+        let url = |host: &str, port: u16| {
+            let host = match host {
+                "0.0.0.0" | "::" | "[::]" => "localhost",
+                host => host,
+            };
+            format!("http://{host}:{port}")
+        };
+        let api = url(&config.listen.0, application.port());
+        let metrics = match (&config.admin, application.admin_port()) {
+            (Some((host, _)), Some(port)) => format!("{}/metrics", url(host, port)),
+            _ => "off".into(),
         };
         tracing::info!(
             port = application.port(),
             environment = config.environment.as_str(),
             sandbox = config.mode == UpstreamMode::Sandbox,
             bots = ?config.bots.aliases().collect::<Vec<_>>(),
+            api = %format!("{api}/v1/flow-messages"),
+            docs = %format!("{api}/docs/"),
+            metrics = %metrics,
             "jelou-relay listening"
         );
         match &config.callers {
@@ -229,6 +218,19 @@ fn serve(config: RelayConfig, settings: Settings) -> ExitCode {
 }
 
 fn simulate(args: SimulateArgs) -> ExitCode {
+    let client_secret = match (&args.client_secret, &args.client_secret_file) {
+        (Some(secret), _) => Some(secret.clone()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(secret) => Some(secret.trim_end_matches(['\r', '\n']).to_string()),
+            Err(e) => return fail(&format!("--client-secret-file {}: {e}", path.display())),
+        },
+        (None, None) => None,
+    };
+    if args.client_id.is_some() && client_secret.is_none() {
+        return fail(
+            "--client-id needs a secret: --client-secret-file, SIMULATOR_CLIENT_SECRET or --client-secret",
+        );
+    }
     if !(0.0..=1.0).contains(&args.failure_ratio) {
         return fail("--failure-ratio must be between 0.0 and 1.0");
     }
@@ -245,7 +247,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         Err(message) => return fail(&message),
     };
     let options = SimulatorOptions {
-        credentials: args.client_id.zip(args.client_secret),
+        credentials: args.client_id.zip(client_secret),
         delay: std::time::Duration::from_millis(args.delay_ms),
         script: args.statuses,
         failure_ratio: args.failure_ratio,
@@ -289,7 +291,7 @@ fn hash_key() -> ExitCode {
         key.pop();
     }
     if key.len() < 16 {
-        return fail("the key must be at least 16 bytes; mint one with `openssl rand -hex 32`");
+        return fail("the key must be at least 16 bytes; mint one with `jelou-relay new-key`");
     }
     println!("{}", api::auth::hash_key(&key));
     ExitCode::SUCCESS

@@ -180,6 +180,8 @@ impl Check for Authenticate {
                 },
             },
         };
+        // Every line of the request names its caller from here on (never its key).
+        tracing::Span::current().record("caller", caller.name());
 
         let headers = match gate.limits.get(caller.name()) {
             None => None,
@@ -246,6 +248,22 @@ fn rate_headers(
     ]
 }
 
+/// The prefix of keys minted by `jelou-relay new-key`: a key is recognisable as one, and
+/// never mistaken for a SHA-256 (which is hex only).
+pub const KEY_PREFIX: &str = "jrk_";
+
+/// A fresh caller key: [`KEY_PREFIX`] and 32 random bytes from the operating system, in
+/// URL-safe base64 without padding (47 characters in all).
+pub fn new_key() -> Result<String, String> {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness from the system: {e}"))?;
+    Ok(format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
 /// The SHA-256 of a key, in lower-case hex, as `callers.<name>.key_sha256` wants it.
 pub fn hash_key(key: &[u8]) -> String {
     Sha256::digest(key)
@@ -257,6 +275,20 @@ pub fn hash_key(key: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_keys_are_prefixed_url_safe_and_never_hex_only() {
+        let (a, b) = (new_key().unwrap(), new_key().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 47, "{a}");
+        assert!(a.starts_with(KEY_PREFIX));
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'),
+            "{a}"
+        );
+        assert!(!a.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
 
     #[test]
     fn hash_key_is_hex_sha256() {

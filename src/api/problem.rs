@@ -316,6 +316,16 @@ impl ApiError {
         }
     }
 
+    /// The JSON paths of the field errors (never their values), for logs.
+    pub fn field_paths(&self) -> Vec<&str> {
+        match self {
+            ApiError::Validation(errors) | ApiError::UnknownBot(errors) => {
+                errors.iter().map(|e| e.field.as_str()).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The stable machine-readable code, e.g. `validation_failed`.
     pub fn code(&self) -> &'static str {
         self.describe().1

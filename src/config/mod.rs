@@ -3,6 +3,7 @@
 
 mod callers;
 mod settings;
+mod summary;
 mod validate;
 
 use std::fmt;

@@ -106,12 +106,28 @@ impl Entry {
 }
 
 impl Entries {
-    fn evict(&mut self, now: Instant, max_keys: usize) {
+    /// Drops expired entries and, while the store is full, the oldest answered ones. An
+    /// in-flight claim is never dropped before it expires: its send may be under way, and
+    /// a second request with its key would send again. Returns whether one more fits.
+    fn evict(&mut self, now: Instant, max_keys: usize) -> bool {
+        let mut passed_over = 0;
         while let Some((expires_at, key)) = self.order.front().cloned() {
-            let live = self.by_key.get(&key).map(|e| e.expires_at);
+            let live = self
+                .by_key
+                .get(&key)
+                .map(|e| (e.expires_at, matches!(e.slot, Slot::InFlight)));
             let over_capacity = self.by_key.len() >= max_keys;
             match live {
-                Some(at) if at == expires_at && (at <= now || over_capacity) => {
+                Some((at, in_flight)) if at == expires_at && (at <= now || over_capacity) => {
+                    if in_flight && at > now {
+                        // Kept: its record goes behind the others, once around at most.
+                        if passed_over >= self.order.len() {
+                            break;
+                        }
+                        passed_over += 1;
+                        self.order.rotate_left(1);
+                        continue;
+                    }
                     if at > now {
                         tracing::warn!(
                             max_keys,
@@ -121,13 +137,14 @@ impl Entries {
                     self.by_key.remove(&key);
                     self.order.pop_front();
                 }
-                Some(at) if at == expires_at => break,
+                Some((at, _)) if at == expires_at => break,
                 // A stale record: the entry was refreshed or removed since.
                 _ => {
                     self.order.pop_front();
                 }
             }
         }
+        self.by_key.len() < max_keys
     }
 
     fn insert(&mut self, key: &str, entry: Entry) {
@@ -147,11 +164,18 @@ impl IdempotencyStore for MemoryStore {
         // In one process a claim cannot outlive its holder: the send task always ends.
         let now = Instant::now();
         let mut entries = self.lock();
-        entries.evict(now, self.max_keys);
+        let room = entries.evict(now, self.max_keys);
         if let Some(entry) = entries.by_key.get(key)
             && entry.expires_at > now
         {
             return Ok(entry.state_for(fingerprint));
+        }
+        if !room {
+            tracing::warn!(
+                max_keys = self.max_keys,
+                "idempotency store full of keys being sent: refusing new keys for now"
+            );
+            return Ok(Begin::Full);
         }
         entries.insert(
             key,
@@ -219,6 +243,23 @@ mod tests {
             Begin::Proceed(reservation) => reservation,
             other => panic!("expected to claim {key}, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_claim_being_sent_is_never_evicted_and_a_full_store_refuses_new_keys() {
+        let store = MemoryStore::new(Duration::from_secs(60), 2);
+        let a = claim(&store, "a", A).await;
+        let b = claim(&store, "b", A).await;
+        // Both keys are being sent: nothing may go, so a third waits.
+        assert_eq!(store.begin("c", A, LEASE).await.unwrap(), Begin::Full);
+        assert_eq!(store.begin("a", A, LEASE).await.unwrap(), Begin::InFlight);
+        // Once b has its answer it may be evicted for c; a, still in flight, stays.
+        store.complete(&b, answer(200)).await.unwrap();
+        claim(&store, "c", A).await;
+        assert_eq!(store.begin("a", A, LEASE).await.unwrap(), Begin::InFlight);
+        assert_eq!(store.lookup("b", A), None);
+        store.complete(&a, answer(200)).await.unwrap();
+        assert_eq!(store.lookup("a", A), Some(Begin::Replay(answer(200))));
     }
 
     #[tokio::test]

@@ -63,6 +63,9 @@ pub enum Begin {
     Abandoned,
     /// The key was used for a different message.
     Mismatch,
+    /// The store holds as many keys as it may, every one of them being sent: nothing can
+    /// be evicted safely, so a new key must wait.
+    Full,
 }
 
 /// Where keys live. In memory by default; a shared store serves several replicas.

@@ -159,7 +159,8 @@ pub fn hint_headers(all: &HeaderMap) -> HeaderMap {
     hints
 }
 
-/// `Retry-After` (delta-seconds or HTTP-date), else `X-RateLimit-Reset` (seconds).
+/// `Retry-After` (delta-seconds or HTTP-date), else `X-RateLimit-Reset`: seconds to wait,
+/// or a Unix time when it is over [`UNIX_TIME_FROM`].
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = |name| {
         headers
@@ -175,10 +176,17 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             return Some(date.duration_since(now).unwrap_or_default());
         }
     }
-    text(HINT_HEADERS[1].clone())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_secs)
+    let reset = text(HINT_HEADERS[1].clone())?.parse::<u64>().ok()?;
+    if reset > UNIX_TIME_FROM {
+        // A point in time (as many APIs send it), not a number of seconds to wait.
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
+        return Some(at.duration_since(now).unwrap_or_default());
+    }
+    Some(Duration::from_secs(reset))
 }
+
+/// `X-RateLimit-Reset` values above this (2001-09-09) are Unix times, below it seconds.
+pub const UNIX_TIME_FROM: u64 = 1_000_000_000;
 
 #[cfg(test)]
 mod tests {
@@ -272,5 +280,14 @@ mod tests {
         headers.clear();
         headers.insert("x-ratelimit-reset", "3".parse().unwrap());
         assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(3)));
+        // Large enough to be a Unix time: the wait until then.
+        let real_now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_095_816);
+        headers.insert("x-ratelimit-reset", "1796095818".parse().unwrap());
+        assert_eq!(
+            retry_after(&headers, real_now),
+            Some(Duration::from_secs(2))
+        );
+        headers.insert("x-ratelimit-reset", "1796095000".parse().unwrap());
+        assert_eq!(retry_after(&headers, real_now), Some(Duration::ZERO));
     }
 }

@@ -82,9 +82,13 @@ impl JelouClient {
         let body = read_capped(response).await;
         let mut verdict = classify_response(status, &headers, body.as_deref());
         // Whatever Jelou says goes to logs and callers: never let it echo the secret.
-        if let Verdict::Refused { upstream, .. } = &mut verdict {
-            upstream.description = upstream.description.take().map(|d| credentials.scrub(&d));
-            upstream.code = upstream.code.take().map(|c| credentials.scrub(&c));
+        match &mut verdict {
+            Verdict::Refused { upstream, .. } => {
+                upstream.description = upstream.description.take().map(|d| credentials.scrub(&d));
+                upstream.code = upstream.code.take().map(|c| credentials.scrub(&c));
+            }
+            Verdict::Accepted { body, .. } => credentials.scrub_json(body),
+            _ => {}
         }
         verdict
     }

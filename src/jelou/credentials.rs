@@ -78,6 +78,31 @@ impl Credentials {
         text.replace(self.authorization.encoded_pair(), "[REDACTED]")
             .replace(self.client_secret.expose_secret(), "[REDACTED]")
     }
+
+    /// Every string in `value`, object keys included, scrubbed as by [`Self::scrub`].
+    pub fn scrub_json(&self, value: &mut serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::String(text) if self.reveals(text) => *text = self.scrub(text),
+            Value::Array(items) => items.iter_mut().for_each(|item| self.scrub_json(item)),
+            Value::Object(map) => {
+                if map.keys().any(|key| self.reveals(key)) {
+                    let scrubbed = std::mem::take(map)
+                        .into_iter()
+                        .map(|(key, value)| (self.scrub(&key), value))
+                        .collect();
+                    *map = scrubbed;
+                }
+                map.values_mut().for_each(|item| self.scrub_json(item));
+            }
+            _ => {}
+        }
+    }
+
+    fn reveals(&self, text: &str) -> bool {
+        text.contains(self.authorization.encoded_pair())
+            || text.contains(self.client_secret.expose_secret())
+    }
 }
 
 /// The credentials of every bot that has them, by bot alias.

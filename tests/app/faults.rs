@@ -248,6 +248,36 @@ async fn a_429_with_an_http_date_is_waited_out() {
 }
 
 #[tokio::test]
+async fn x_ratelimit_reset_as_a_unix_time_is_the_wait_until_then() {
+    let reset = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 30;
+    let jelou = MockServer::start().await;
+    mount_sequence(
+        &jelou,
+        vec![ResponseTemplate::new(429).insert_header("x-ratelimit-reset", reset.to_string())],
+    )
+    .await;
+    let mut settings = settings_for(&jelou.uri());
+    settings.delivery.retry_after_cap_ms = 1_000;
+    let app = spawn_with(settings).await;
+    let response = app.send(&seed_message()).await;
+    let header: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let problem = assert_problem(response, 429, "rate_limited").await;
+    assert_eq!(problem["delivery"], "not_sent");
+    // About 30 s (the clock moved on a little), never 1.8 billion seconds.
+    assert!((25..=31).contains(&header), "Retry-After: {header}");
+    assert_eq!(problem["retry_after"], header);
+    assert_eq!(jelou.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn a_429_whose_retry_after_passes_the_deadline_is_answered_at_once() {
     let problem = run_row(
         Row {

@@ -261,6 +261,51 @@ async fn a_misspelt_query_parameter_is_refused_not_ignored() {
 }
 
 #[tokio::test]
+async fn a_repeated_query_parameter_is_refused_never_guessed() {
+    let (app, jelou) = spawn_app().await;
+    for query in [
+        "?dry_run=true&dry_run=false",
+        "?dry_run=false&dry_run=true",
+        "?dry_run=true&dry_run=true",
+    ] {
+        let response = app
+            .post_json(&format!("/v1/flow-messages{query}"), &seed_message())
+            .await;
+        let problem = assert_problem(response, 422, "validation_failed").await;
+        assert_eq!(error_fields(&problem), ["query.dry_run"], "{problem}");
+    }
+    assert!(jelou.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_secret_jelou_echoes_in_a_success_is_scrubbed() {
+    let jelou = wiremock::MockServer::start().await;
+    let echoed = json!({
+        "note": format!("received {CLIENT_SECRET}"),
+        "auth": expected_authorization(),
+        "nested": [{"again": CLIENT_SECRET}],
+    });
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200).set_body_json(&echoed))
+        .mount(&jelou)
+        .await;
+    let app = spawn_with(settings_for(&jelou.uri())).await;
+    let response = app.send(&seed_message()).await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    let pair = expected_authorization()
+        .trim_start_matches("Basic ")
+        .to_string();
+    assert!(!body.contains(CLIENT_SECRET), "{body}");
+    assert!(!body.contains(&pair), "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "sent");
+    assert_eq!(body["upstream"]["note"], "received [REDACTED]");
+    assert_eq!(body["upstream"]["auth"], "Basic [REDACTED]");
+    assert_eq!(body["upstream"]["nested"][0]["again"], "[REDACTED]");
+}
+
+#[tokio::test]
 async fn sandbox_mode_answers_like_jelou_and_sends_nothing() {
     let jelou = wiremock::MockServer::start().await;
     let mut settings = settings_for(&jelou.uri());

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod new_user;
 mod secrets;
 mod shared_store;
 mod shutdown;

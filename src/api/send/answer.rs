@@ -30,9 +30,9 @@ pub async fn deliver(
     let (answer, outcome) = match result {
         Ok(delivered) => {
             let outcome = RequestOutcome {
-                outcome: "sent",
                 upstream_status: Some(delivered.status),
                 attempts: Some(delivered.attempts),
+                ..RequestOutcome::new("sent")
             };
             let body = SentResponse {
                 status: SentStatus::Sent,
@@ -110,6 +110,8 @@ pub fn log_failure(error: &ApiError) -> RequestOutcome {
                 outcome: delivery.as_str(),
                 upstream_status: upstream.as_ref().map(|u| u.status),
                 attempts: Some(*attempts),
+                code: Some(error.code()),
+                fields: None,
             };
             let code = upstream
                 .as_ref()
@@ -144,8 +146,14 @@ pub fn log_failure(error: &ApiError) -> RequestOutcome {
             outcome
         }
         other => {
-            tracing::info!(code = other.code(), "request refused");
-            RequestOutcome::new("refused")
+            let fields = other.field_paths();
+            let fields = (!fields.is_empty()).then(|| fields.join(", "));
+            tracing::info!(code = other.code(), fields, "request refused");
+            RequestOutcome {
+                code: Some(other.code()),
+                fields,
+                ..RequestOutcome::new("refused")
+            }
         }
     }
 }

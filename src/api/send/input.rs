@@ -47,13 +47,19 @@ pub fn requested_timeout(headers: &HeaderMap, default: Duration) -> Result<Durat
 /// Only `dry_run` is known; any other parameter is refused, since a misspelt
 /// `dry_run` would otherwise send a real message.
 pub fn parse_query(query: Option<&str>) -> Result<bool, ApiError> {
-    let mut dry_run = false;
+    let mut dry_run = None;
     let mut errors = Vec::new();
     for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match (key.as_ref(), value.as_ref()) {
-            ("dry_run", "true") => dry_run = true,
-            ("dry_run", "false") => dry_run = false,
+            // Which of two values would win is a guess; a real send is never decided by one.
+            ("dry_run", _) if dry_run.is_some() => errors.push(FieldError::new(
+                "query.dry_run",
+                "is given more than once; give it once",
+            )),
+            ("dry_run", "true") => dry_run = Some(true),
+            ("dry_run", "false") => dry_run = Some(false),
             ("dry_run", _) => {
+                dry_run = Some(false);
                 errors.push(FieldError::new("query.dry_run", "must be true or false"))
             }
             (other, _) => errors.push(FieldError::new(
@@ -63,7 +69,7 @@ pub fn parse_query(query: Option<&str>) -> Result<bool, ApiError> {
         }
     }
     if errors.is_empty() {
-        Ok(dry_run)
+        Ok(dry_run.unwrap_or(false))
     } else {
         Err(ApiError::Validation(errors))
     }

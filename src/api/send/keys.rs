@@ -85,5 +85,9 @@ pub async fn claim(
             count("reused");
             Err(ApiError::IdempotencyKeyReused)
         }
+        Begin::Full => {
+            count("full");
+            Err(ApiError::Overloaded)
+        }
     }
 }

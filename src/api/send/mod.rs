@@ -114,7 +114,6 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
     let span = Span::current();
     tracing::record_all!(
         span,
-        caller = inbound.caller.name(),
         bot = bot.alias.as_str(),
         to = message.to.masked().as_str(),
     );

@@ -1,0 +1,76 @@
+//! `check-config`'s summary of a configuration: what an operator checks, no secret.
+
+use super::{Callers, RelayConfig, StoreConfig, UpstreamMode};
+
+impl RelayConfig {
+    /// What `check-config` prints: every setting that matters to an operator, and no
+    /// secret (no key hash, password or client secret).
+    pub fn summary(&self) -> String {
+        let config = self;
+        let mut lines = vec![
+            "configuration OK".to_string(),
+            format!("environment: {}", config.environment.as_str()),
+            format!("listen: {}:{}", config.listen.0, config.listen.1),
+            format!("workers: {}", config.workers),
+            format!(
+                "upstream: {} {}",
+                match config.mode {
+                    UpstreamMode::Jelou => "jelou",
+                    UpstreamMode::Sandbox => "sandbox",
+                },
+                config.base_url
+            ),
+        ];
+        lines.push(match &config.store {
+            StoreConfig::Memory => "store: memory (this process only; one replica)".to_string(),
+            StoreConfig::Redis(redis) => format!(
+                "store: redis {} ({}, expected replicas {}, timeout {} ms, key prefix {:?})",
+                redis.target,
+                redis.failure_mode.as_str(),
+                redis.expected_replicas,
+                redis.timeout.as_millis(),
+                redis.key_prefix
+            ),
+        });
+        for alias in config.bots.aliases() {
+            if let Ok(bot) = config.bots.resolve(Some(alias)) {
+                lines.push(format!(
+                    "bot {alias}: id {}, credentials {}",
+                    bot.id,
+                    match config.credentials.get(alias) {
+                        Some(c) => format!("client_id {} (secret set)", c.client_id()),
+                        None => "none".to_string(),
+                    }
+                ));
+            }
+        }
+        lines.push(match &config.callers {
+            Callers::Keys(callers) => format!("auth: bearer ({} caller(s))", callers.len()),
+            Callers::Open { explicit: true } => {
+                "auth: none (auth.mode = \"none\": anyone who can reach the relay may send)".into()
+            }
+            Callers::Open { explicit: false } => {
+                "auth: open (no callers configured; refused in production)".into()
+            }
+        });
+        if let Callers::Keys(callers) = &config.callers {
+            for caller in callers {
+                let bots = caller
+                    .bots
+                    .as_ref()
+                    .map_or("all".to_string(), |bots| bots.join(", "));
+                let rate = caller
+                    .rate
+                    .map_or("no rate of its own".to_string(), |rate| {
+                        format!("rate {}/s, burst {}", rate.rate_per_second, rate.burst)
+                    });
+                lines.push(format!("caller {}: bots {bots}; {rate}", caller.name));
+            }
+        }
+        lines.push(match &config.admin {
+            Some((host, port)) => format!("admin: http://{host}:{port}/metrics"),
+            None => "admin: off (admin.enabled = false)".into(),
+        });
+        lines.join("\n")
+    }
+}
