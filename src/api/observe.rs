@@ -72,10 +72,20 @@ impl Observing {
         let mut context = incoming
             .as_ref()
             .map_or_else(TraceContext::start, TraceContext::child);
+        let matched = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_owned());
+        let method = request.method().as_str();
+        // OpenTelemetry's HTTP conventions: a SERVER span named "{method} {route}".
+        let otel_name = match &matched {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_owned(),
+        };
         let span = tracing::info_span!(
             "request",
             request_id = request_id::of(request),
-            method = request.method().as_str(),
+            method,
             path = request.uri().path(),
             trace_id = context.trace_id.as_str(),
             caller = tracing::field::Empty,
@@ -88,6 +98,13 @@ impl Observing {
             attempts = tracing::field::Empty,
             status = tracing::field::Empty,
             latency_ms = tracing::field::Empty,
+            otel.name = otel_name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = method,
+            http.route = matched.as_deref(),
+            url.path = request.uri().path(),
+            http.response.status_code = tracing::field::Empty,
         );
         if let Some(parent) = incoming.as_ref() {
             parent.adopt(&span);
@@ -97,12 +114,9 @@ impl Observing {
             context = exported;
         }
         request.extensions_mut().insert(context);
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(SharedString::const_str("unmatched"), |p| {
-                route_label(p.as_str())
-            });
+        let route = matched
+            .as_deref()
+            .map_or(SharedString::const_str("unmatched"), route_label);
         Observing {
             started,
             span,
@@ -117,8 +131,14 @@ impl Observing {
         // The caller was recorded when it was admitted (`auth`): each field once.
         let caller = response.extensions().get::<Authenticated>();
         let outcome = response.extensions().get::<RequestOutcome>();
+        let status = response.status().as_u16();
+        // A request fails when the relay fails (5xx) or the message was not delivered.
+        let failed =
+            status >= 500 || outcome.is_some_and(|o| matches!(o.outcome, "not_sent" | "unknown"));
         tracing::record_all!(
             self.span,
+            http.response.status_code = status,
+            otel.status_code = failed.then_some("error"),
             outcome = outcome.map(|o| o.outcome),
             upstream_status = outcome.and_then(|o| o.upstream_status),
             attempts = outcome.and_then(|o| o.attempts),

@@ -42,6 +42,10 @@ impl AttemptMetrics {
     }
 }
 
+/// Jelou's call as OpenTelemetry's `url.template` names it.
+const URL_TEMPLATE: &str = "/v1/bots/{botId}/users/{userId}/flow_message";
+const CLIENT_SPAN_NAME: &str = "POST /v1/bots/{botId}/users/{userId}/flow_message";
+
 #[derive(Clone, Debug)]
 pub struct AttemptLayer {
     timeout: Duration,
@@ -83,11 +87,22 @@ impl<S: Upstream> Service<Outbound> for Attempt<S> {
         let timeout = self.timeout;
         let journal = outbound.journal.clone();
         let number = journal.attempt_started();
+        let url = &outbound.request.url;
+        // OpenTelemetry's HTTP conventions: a CLIENT span whose attributes never carry
+        // the recipient's digits (the path's template, not the path).
         let span = tracing::info_span!(
             "attempt",
             number,
             outcome = tracing::field::Empty,
-            upstream_status = tracing::field::Empty
+            upstream_status = tracing::field::Empty,
+            otel.name = CLIENT_SPAN_NAME,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            server.address = url.host_str().unwrap_or_default(),
+            server.port = url.port_or_known_default(),
+            url.template = URL_TEMPLATE,
+            http.response.status_code = tracing::field::Empty,
         );
         Box::pin(
             async move {
@@ -107,7 +122,13 @@ impl<S: Upstream> Service<Outbound> for Attempt<S> {
                 };
                 journal.attempt_finished(failed);
                 let outcome = failed.map_or("sent", DeliveryState::as_str);
-                tracing::record_all!(tracing::Span::current(), outcome, upstream_status);
+                tracing::record_all!(
+                    tracing::Span::current(),
+                    outcome,
+                    upstream_status,
+                    http.response.status_code = upstream_status,
+                    otel.status_code = failed.is_some().then_some("error"),
+                );
                 let metrics = &*ATTEMPT_METRICS;
                 metrics.count(failed).increment(1);
                 metrics.duration.record(started.elapsed().as_secs_f64());
