@@ -6,6 +6,7 @@
 mod fingerprint;
 mod memory;
 mod redis;
+mod shared;
 
 use std::fmt;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use bytes::Bytes;
 pub use crate::store::StoreError;
 pub use fingerprint::{Fingerprint, fingerprint};
 pub use memory::MemoryStore;
-pub use redis::SharedIdempotency;
+pub use shared::SharedIdempotency;
 
 /// 1 to 255 printable ASCII characters (space included).
 pub fn is_valid_key(key: &[u8]) -> bool {

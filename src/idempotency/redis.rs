@@ -9,10 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Begin, Fingerprint, IdempotencyStore, MemoryStore, Reservation, StoreError, StoredAnswer,
-};
-use crate::store::{FailureMode, RedisStore};
+use super::{Begin, Fingerprint, IdempotencyStore, Reservation, StoreError, StoredAnswer};
+use crate::store::RedisStore;
 
 /// Claims the key with an in-flight marker, or returns what the key holds. The lease is
 /// computed on Redis's clock, so replicas never compare their own clocks.
@@ -127,7 +125,40 @@ impl IdempotencyStore for RedisIdempotency {
         fingerprint: Fingerprint,
         lease: Duration,
     ) -> Result<Begin, StoreError> {
-        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        self.begin_as(key, fingerprint, lease, new_token()).await
+    }
+
+    async fn complete(
+        &self,
+        reservation: &Reservation,
+        answer: StoredAnswer,
+    ) -> Result<(), StoreError> {
+        self.store_answer(&reservation.key, reservation.fingerprint, answer)
+            .await
+    }
+
+    async fn release(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        self.release_claim(&reservation.key, &reservation.token)
+            .await
+            .map(drop)
+    }
+}
+
+/// Tells one holder's claim from another's.
+pub(super) fn new_token() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+impl RedisIdempotency {
+    /// Claims `key` with `token`: the caller knows the token even when the call fails, so
+    /// a claim that lands after its caller gave up can be taken back.
+    pub(super) async fn begin_as(
+        &self,
+        key: &str,
+        fingerprint: Fingerprint,
+        lease: Duration,
+        token: String,
+    ) -> Result<Begin, StoreError> {
         let fp = hex(fingerprint);
         let mut invocation = self.begin.prepare_invoke();
         invocation
@@ -179,13 +210,15 @@ impl IdempotencyStore for RedisIdempotency {
         }
     }
 
-    async fn complete(
+    /// Stores `answer` for `key` unless the key now stands for another message.
+    pub(super) async fn store_answer(
         &self,
-        reservation: &Reservation,
+        key: &str,
+        fingerprint: Fingerprint,
         answer: StoredAnswer,
     ) -> Result<(), StoreError> {
         let record = Record::Done {
-            fp: hex(reservation.fingerprint),
+            fp: hex(fingerprint),
             status: answer.status,
             content_type: answer.content_type,
             retry_after: answer.retry_after,
@@ -195,95 +228,19 @@ impl IdempotencyStore for RedisIdempotency {
             .map_err(|error| StoreError(format!("cannot encode the answer ({error})")))?;
         let mut invocation = self.complete.prepare_invoke();
         invocation
-            .key(self.key(&reservation.key))
-            .arg(hex(reservation.fingerprint))
+            .key(self.key(key))
+            .arg(hex(fingerprint))
             .arg(record)
             .arg(self.retention_ms());
         let _stored: i64 = self.invoke("idempotency_complete", &invocation).await?;
         Ok(())
     }
 
-    async fn release(&self, reservation: &Reservation) -> Result<(), StoreError> {
+    /// Deletes `key` while it is the in-flight claim of `token`; whether it did.
+    pub(super) async fn release_claim(&self, key: &str, token: &str) -> Result<bool, StoreError> {
         let mut invocation = self.release.prepare_invoke();
-        invocation
-            .key(self.key(&reservation.key))
-            .arg(&reservation.token);
-        let _released: i64 = self.invoke("idempotency_release", &invocation).await?;
-        Ok(())
-    }
-}
-
-/// Redis first; this process's own store for keys seen while Redis was unreachable
-/// (`fail_open`) and for answers Redis could not take.
-#[derive(Debug)]
-pub struct SharedIdempotency {
-    redis: RedisIdempotency,
-    local: MemoryStore,
-    mode: FailureMode,
-}
-
-impl SharedIdempotency {
-    pub fn new(store: Arc<RedisStore>, retention: Duration, local_max_keys: usize) -> Self {
-        let mode = store.failure_mode;
-        SharedIdempotency {
-            redis: RedisIdempotency::new(store, retention),
-            local: MemoryStore::new(retention, local_max_keys),
-            mode,
-        }
-    }
-}
-
-#[async_trait]
-impl IdempotencyStore for SharedIdempotency {
-    async fn begin(
-        &self,
-        key: &str,
-        fingerprint: Fingerprint,
-        lease: Duration,
-    ) -> Result<Begin, StoreError> {
-        // A key this replica handled without Redis is answered from here.
-        if let Some(known) = self.local.lookup(key, fingerprint) {
-            return Ok(known);
-        }
-        match self.redis.begin(key, fingerprint, lease).await {
-            Ok(begin) => Ok(begin),
-            Err(error) => {
-                crate::store::count_unavailable("idempotency", self.mode);
-                match self.mode {
-                    FailureMode::FailClosed => Err(error),
-                    FailureMode::FailOpen => {
-                        tracing::debug!(%error, "Idempotency-Key kept by this replica only: the shared store is unreachable (fail_open)");
-                        self.local.begin(key, fingerprint, lease).await
-                    }
-                }
-            }
-        }
-    }
-
-    async fn complete(
-        &self,
-        reservation: &Reservation,
-        answer: StoredAnswer,
-    ) -> Result<(), StoreError> {
-        if reservation.local {
-            return self.local.complete(reservation, answer).await;
-        }
-        if let Err(error) = self.redis.complete(reservation, answer.clone()).await {
-            // Kept here so that a retry on this replica still gets it; a retry elsewhere
-            // finds the marker, then (its lease over) an unknown outcome.
-            self.local
-                .remember(&reservation.key, reservation.fingerprint, answer);
-            return Err(error);
-        }
-        Ok(())
-    }
-
-    async fn release(&self, reservation: &Reservation) -> Result<(), StoreError> {
-        if reservation.local {
-            return self.local.release(reservation).await;
-        }
-        // If this fails, the marker stays until its lease ends; a retry meanwhile gets
-        // 409, then an unknown outcome: never a second send.
-        self.redis.release(reservation).await
+        invocation.key(self.key(key)).arg(token);
+        let released: i64 = self.invoke("idempotency_release", &invocation).await?;
+        Ok(released == 1)
     }
 }

@@ -99,3 +99,4 @@ async fn post(
 
 mod outages;
 mod replicas;
+mod stalls;
