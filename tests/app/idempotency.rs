@@ -221,3 +221,53 @@ on_both_backends!(
     dry_runs_neither_use_nor_store_keys,
     keys_are_checked_and_may_be_required,
 );
+
+/// The in-memory store never evicts a key being sent: with `max_keys = 2`, A still being
+/// sent, then B and C, resending A waits for A's answer instead of sending again.
+#[tokio::test]
+async fn a_full_memory_store_never_evicts_a_key_being_sent() {
+    let jelou = jelou_answering(
+        ResponseTemplate::new(200)
+            .set_body_json(json!({}))
+            .set_delay(Duration::from_millis(1500)),
+    )
+    .await;
+    let mut settings = settings_for(&jelou.uri());
+    settings.idempotency.max_keys = 2;
+    let app = std::sync::Arc::new(spawn_with(settings).await);
+    let message_to = |i: u32| {
+        let mut message = seed_message();
+        message["to"] = json!(format!("+5939876{i:05}"));
+        message
+    };
+    let sending = {
+        let app = app.clone();
+        let message = message_to(1);
+        tokio::spawn(async move { app.send_with(&message, &[("idempotency-key", "A")]).await })
+    };
+    while calls(&jelou).await == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let b = {
+        let app = app.clone();
+        let message = message_to(2);
+        tokio::spawn(async move { app.send_with(&message, &[("idempotency-key", "B")]).await })
+    };
+    while calls(&jelou).await < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A and B are being sent: the store is full of claims it may not drop.
+    let c = app
+        .send_with(&message_to(3), &[("idempotency-key", "C")])
+        .await;
+    assert_eq!(c.headers()["retry-after"], "1");
+    let problem = assert_problem(c, 503, "overloaded").await;
+    assert_eq!(problem["delivery"], "not_sent");
+    let again = app
+        .send_with(&message_to(1), &[("idempotency-key", "A")])
+        .await;
+    assert_problem(again, 409, "idempotency_key_in_flight").await;
+    assert_eq!(sending.await.unwrap().status(), 200);
+    assert_eq!(b.await.unwrap().status(), 200);
+    assert_eq!(calls(&jelou).await, 2, "A and B, once each");
+}
