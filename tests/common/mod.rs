@@ -369,12 +369,16 @@ impl RelayProcess {
                     .lines()
                     .map_while(Result::ok)
                 {
-                    if let (Some(tx), Ok(event)) = (&port_tx, serde_json::from_str::<Value>(&line))
-                        && let Some(port) = event["fields"]["port"].as_u64()
-                    {
+                    let port = port_tx
+                        .as_ref()
+                        .and_then(|_| serde_json::from_str::<Value>(&line).ok())
+                        .and_then(|event| event["fields"]["port"].as_u64());
+                    // Kept before the port is told, so the start-up line is in the output
+                    // by the time `start` returns.
+                    lines.lock().unwrap().push(line);
+                    if let (Some(tx), Some(port)) = (&port_tx, port) {
                         let _ = tx.send(port as u16);
                     }
-                    lines.lock().unwrap().push(line);
                 }
             });
         }
