@@ -229,7 +229,7 @@ async fn a_full_memory_store_never_evicts_a_key_being_sent() {
     let jelou = jelou_answering(
         ResponseTemplate::new(200)
             .set_body_json(json!({}))
-            .set_delay(Duration::from_secs(5)),
+            .set_delay(Duration::from_secs(3)),
     )
     .await;
     let mut settings = settings_for(&jelou.uri());
