@@ -232,11 +232,7 @@ fn the_caller_is_logged_by_name_and_its_key_never() {
     assert_eq!(status, 200);
     assert!(relay.terminate(Duration::from_secs(10)).success());
     let logs = relay.output();
-    let finished: Value = logs
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|event| event["fields"]["message"] == "request finished")
-        .expect("a request finished line");
+    let finished = log_line(&logs, "request finished");
     assert_eq!(finished["span"]["caller"], "orders", "{finished}");
     assert_eq!(
         finished["span"]["trace_id"].as_str().map(str::len),

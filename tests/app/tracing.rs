@@ -12,103 +12,42 @@ use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-fn hex_bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
-}
-
 #[test]
 fn spans_are_exported_under_the_callers_trace() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (jelou, collector) = runtime.block_on(async {
-        let jelou = accepting_jelou(Duration::ZERO).await;
-        let collector = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path("/v1/traces"))
-            .respond_with(ResponseTemplate::new(200))
-            .mount(&collector)
-            .await;
-        (jelou, collector)
-    });
-    let upstream = jelou.uri();
-    let endpoint = format!("{}/v1/traces", collector.uri());
-    let mut relay = RelayProcess::start(&[
-        ("JELOU_RELAY__UPSTREAM__MODE", "jelou"),
-        ("JELOU_RELAY__UPSTREAM__BASE_URL", &upstream),
-        ("JELOU_RELAY__BOTS__VENTAS__CLIENT_ID", CLIENT_ID),
-        ("JELOU_RELAY__BOTS__VENTAS__CLIENT_SECRET", CLIENT_SECRET),
-        ("JELOU_RELAY__OTLP__ENDPOINT", &endpoint),
-    ]);
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let url = relay.url("/v1/flow-messages");
-    let status = runtime.block_on(async {
-        reqwest::Client::new()
-            .post(url)
-            .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
-            .json(&json!(seed_message()))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert_eq!(status, 200);
-    // Stopping flushes the spans still buffered.
-    assert!(relay.terminate(Duration::from_secs(15)).success());
-
-    let received = runtime.block_on(jelou.received_requests()).unwrap();
-    let traceparent = received[0].headers["traceparent"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let relay_span = traceparent.split('-').nth(2).unwrap().to_string();
+    let export = export_one_send(200, &format!("00-{trace_id}-00f067aa0ba902b7-01"));
+    assert_eq!(export.status, 200);
+    assert_eq!(export.content_type, "application/x-protobuf");
+    // Jelou is told the caller's trace under the relay's request span.
+    let traceparent = export.jelou_traceparent;
     assert!(
         traceparent.starts_with(&format!("00-{trace_id}-")),
         "{traceparent}"
     );
-
-    let exports = runtime.block_on(collector.received_requests()).unwrap();
-    assert!(
-        !exports.is_empty(),
-        "spans were exported:\n{}",
-        relay.output()
+    let relay_span = traceparent.split('-').nth(2).unwrap();
+    let request = export
+        .spans
+        .iter()
+        .find(|span| span.kind == SpanKind::Server as i32)
+        .expect("the request span");
+    assert_eq!(
+        hex(&request.span_id),
+        relay_span,
+        "the span Jelou was told about"
     );
-    assert_eq!(exports[0].headers["content-type"], "application/x-protobuf");
-    let body: Vec<u8> = exports.iter().flat_map(|e| e.body.clone()).collect();
-    assert!(
-        contains(&body, &hex_bytes(trace_id)),
-        "the caller's trace id is exported"
-    );
-    assert!(
-        contains(&body, &hex_bytes(&relay_span)),
-        "the span Jelou was told about is exported"
-    );
-    assert!(
-        contains(&body, &hex_bytes("00f067aa0ba902b7")),
-        "the caller's span is the parent"
-    );
-    assert!(contains(&body, b"jelou-relay"), "service name");
+    assert_eq!(hex(&request.trace_id), trace_id);
+    assert_eq!(hex(&request.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(export.service_names, ["jelou-relay"]);
 }
 
-/// Every span in the collector's requests.
-fn exported_spans(bodies: &[Vec<u8>]) -> Vec<Span> {
-    bodies
-        .iter()
-        .flat_map(|body| {
-            ExportTraceServiceRequest::decode(body.as_slice())
-                .expect("OTLP protobuf")
-                .resource_spans
-        })
-        .flat_map(|resource| resource.scope_spans)
-        .flat_map(|scope| scope.spans)
-        .collect()
+/// What one send through a relay exporting to a stand-in collector left behind.
+struct Export {
+    status: u16,
+    spans: Vec<Span>,
+    service_names: Vec<String>,
+    content_type: String,
+    jelou_traceparent: String,
+    upstream: String,
 }
 
 /// The attribute `key` of `span`, as text.
@@ -129,8 +68,8 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 }
 
 /// Sends one message through a relay exporting to a stand-in collector, with Jelou
-/// answering `jelou_status`; the exported spans.
-fn export_one_send(jelou_status: u16, caller_trace: &str) -> (u16, Vec<Span>, String) {
+/// answering `jelou_status`.
+fn export_one_send(jelou_status: u16, caller_trace: &str) -> Export {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (jelou, collector) = runtime.block_on(async {
         let jelou = MockServer::start().await;
@@ -167,22 +106,63 @@ fn export_one_send(jelou_status: u16, caller_trace: &str) -> (u16, Vec<Span>, St
             .status()
             .as_u16()
     });
+    // Stopping flushes the spans still buffered.
     assert!(relay.terminate(Duration::from_secs(15)).success());
-    let bodies: Vec<Vec<u8>> = runtime
-        .block_on(collector.received_requests())
-        .unwrap()
-        .into_iter()
-        .map(|request| request.body)
+    let exports = runtime.block_on(collector.received_requests()).unwrap();
+    assert!(
+        !exports.is_empty(),
+        "spans were exported:\n{}",
+        relay.output()
+    );
+    let requests: Vec<ExportTraceServiceRequest> = exports
+        .iter()
+        .map(|export| ExportTraceServiceRequest::decode(export.body.as_slice()).expect("OTLP"))
         .collect();
-    (status, exported_spans(&bodies), upstream)
+    let resources: Vec<_> = requests.iter().flat_map(|r| &r.resource_spans).collect();
+    let service_names = resources
+        .iter()
+        .filter_map(|r| r.resource.as_ref())
+        .flat_map(|resource| &resource.attributes)
+        .filter(|kv| kv.key == "service.name")
+        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            AnyValue::StringValue(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let spans = resources
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|scope| scope.spans.clone())
+        .collect();
+    let received = runtime.block_on(jelou.received_requests()).unwrap();
+    Export {
+        status,
+        spans,
+        service_names,
+        content_type: exports[0].headers["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string(),
+        jelou_traceparent: received[0].headers["traceparent"]
+            .to_str()
+            .unwrap()
+            .to_string(),
+        upstream,
+    }
 }
 
 #[test]
 fn the_request_is_a_server_span_and_each_attempt_a_client_span_with_http_attributes() {
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let (status, spans, upstream) =
-        export_one_send(200, &format!("00-{trace_id}-{caller_span}-01"));
+    let Export {
+        status,
+        spans,
+        upstream,
+        ..
+    } = export_one_send(200, &format!("00-{trace_id}-{caller_span}-01"));
     assert_eq!(status, 200);
     let request = spans
         .iter()
@@ -244,7 +224,7 @@ fn the_request_is_a_server_span_and_each_attempt_a_client_span_with_http_attribu
 
 #[test]
 fn a_failed_send_marks_the_request_and_its_attempt_as_errors() {
-    let (status, spans, _) = export_one_send(
+    let Export { status, spans, .. } = export_one_send(
         500,
         "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
     );

@@ -417,6 +417,14 @@ impl RelayProcess {
     }
 }
 
+/// The first JSON log line whose message is `message`.
+pub fn log_line(logs: &str, message: &str) -> Value {
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|event| event["fields"]["message"] == message)
+        .unwrap_or_else(|| panic!("no \"{message}\" line in:\n{logs}"))
+}
+
 impl Drop for RelayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -68,12 +68,7 @@ fn check_config_summarises_callers_auth_admin_and_store_without_secrets() {
 #[test]
 fn the_start_up_line_gives_the_urls_to_open() {
     let mut relay = RelayProcess::start(&[]);
-    let started: Value = relay
-        .output()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|event| event["fields"]["message"] == "jelou-relay listening")
-        .expect("a start-up line");
+    let started = log_line(&relay.output(), "jelou-relay listening");
     let base = format!("http://127.0.0.1:{}", relay.port);
     assert_eq!(started["fields"]["api"], format!("{base}/v1/flow-messages"));
     assert_eq!(started["fields"]["docs"], format!("{base}/docs/"));
@@ -134,11 +129,7 @@ fn a_refusal_is_logged_with_its_code_and_field_paths_never_the_values() {
     assert_eq!(status, 422);
     assert!(relay.terminate(Duration::from_secs(10)).success());
     let logs = relay.output();
-    let finished: Value = logs
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|event| event["fields"]["message"] == "request finished")
-        .expect("a request finished line");
+    let finished = log_line(&logs, "request finished");
     let span = &finished["span"];
     assert_eq!(span["outcome"], "refused", "{finished}");
     assert_eq!(span["code"], "validation_failed", "{finished}");
