@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let output = relay_command(args, env).output().unwrap();
