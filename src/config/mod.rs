@@ -3,6 +3,7 @@
 
 mod callers;
 mod settings;
+mod store;
 mod summary;
 mod validate;
 
