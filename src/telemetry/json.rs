@@ -57,6 +57,14 @@ enum Value {
 #[derive(Debug, Default)]
 struct SpanFields(Vec<(&'static str, Value)>);
 
+/// Span fields named after OpenTelemetry's conventions are for the trace exporter: they
+/// repeat the line's own fields (`method`, `path`, `status`, ...) and stay out of log lines.
+fn for_traces_only(name: &str) -> bool {
+    ["otel.", "http.", "url.", "server."]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
 impl SpanFields {
     fn set(&mut self, name: &'static str, value: Value) {
         match self.0.binary_search_by(|(key, _)| key.cmp(&name)) {
@@ -94,27 +102,37 @@ fn field_name(field: &Field) -> &'static str {
 
 impl Visit for SpanFields {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.set(field_name(field), Value::F64(value));
+        self.keep(field, || Value::F64(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.set(field_name(field), Value::I64(value));
+        self.keep(field, || Value::I64(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.set(field_name(field), Value::U64(value));
+        self.keep(field, || Value::U64(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.set(field_name(field), Value::Bool(value));
+        self.keep(field, || Value::Bool(value));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.set(field_name(field), Value::Str(value.to_owned()));
+        self.keep(field, || Value::Str(value.to_owned()));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.set(field_name(field), Value::Str(format!("{value:?}")));
+        self.keep(field, || Value::Str(format!("{value:?}")));
+    }
+}
+
+impl SpanFields {
+    /// Keeps `field`'s value, made only for a field that goes into log lines.
+    fn keep(&mut self, field: &Field, value: impl FnOnce() -> Value) {
+        let name = field_name(field);
+        if !for_traces_only(name) {
+            self.set(name, value());
+        }
     }
 }
 
@@ -394,8 +412,15 @@ mod tests {
     }
 
     fn run(layer: impl Layer<tracing_subscriber::Registry> + Send + Sync + 'static) {
+        run_with(layer, scenario);
+    }
+
+    fn run_with(
+        layer: impl Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+        what: impl FnOnce(),
+    ) {
         let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, scenario);
+        tracing::subscriber::with_default(subscriber, what);
     }
 
     /// A line without its timestamp, which is its last entry.
@@ -432,6 +457,27 @@ mod tests {
         assert!(ours.ends_with('Z') && ours.as_bytes()[19] == b'.', "{ours}");
         // Taken microseconds apart: the same up to the second, bar a second boundary.
         assert!(ours[..17] == reference[..17], "{ours} vs {reference}");
+    }
+
+    #[test]
+    fn trace_only_fields_stay_out_of_log_lines() {
+        let capture = Capture::default();
+        run_with(JsonLines::new(capture.clone()), || {
+            let span = info_span!(
+                "request",
+                method = "POST",
+                otel.kind = "server",
+                http.route = "/v1/flow-messages",
+                url.path = "/v1/flow-messages",
+                server.port = 80u16,
+            );
+            span.in_scope(|| info!("request finished"));
+        });
+        let line: serde_json::Value = serde_json::from_str(&capture.lines()[0]).unwrap();
+        assert_eq!(
+            line["span"],
+            serde_json::json!({"method": "POST", "name": "request"})
+        );
     }
 
     #[test]
