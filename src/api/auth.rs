@@ -18,7 +18,6 @@ use subtle::ConstantTimeEq;
 use super::check::Check;
 use super::problem::ApiError;
 use super::request_id;
-use crate::delivery::rate_limit::quota;
 use crate::domain::RateSettings;
 
 /// A service allowed to call the relay.
@@ -297,4 +296,13 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
+}
+
+/// A governor quota for a caller's `rate`; settings are validated positive at start-up.
+fn quota(rate: &crate::domain::RateSettings) -> governor::Quota {
+    let period = std::time::Duration::from_secs_f64(1.0 / rate.rate_per_second.max(1e-9));
+    let burst = NonZeroU32::new(rate.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    governor::Quota::with_period(period.max(std::time::Duration::from_nanos(1)))
+        .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
 }

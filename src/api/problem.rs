@@ -7,7 +7,7 @@ use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::delivery::{DeliveryFailure, DeliveryState, FailureKind};
+use crate::delivery::{DeliveryFailure, DeliveryState};
 use crate::domain::FieldError;
 use crate::jelou::UpstreamError;
 
@@ -212,54 +212,7 @@ impl ApiError {
                 "Internal error",
                 false,
             ),
-            ApiError::Delivery(failure) => {
-                let not_sent = failure.delivery == DeliveryState::NotSent;
-                match failure.kind {
-                    FailureKind::Rejected => (
-                        S::UNPROCESSABLE_ENTITY,
-                        "upstream_rejected",
-                        "Jelou rejected the message",
-                        false,
-                    ),
-                    FailureKind::AuthFailed => (
-                        S::BAD_GATEWAY,
-                        "upstream_auth_failed",
-                        "The relay is not authorized by Jelou",
-                        false,
-                    ),
-                    // Jelou said "not now" and when to come back: pass that on as 503.
-                    FailureKind::Unavailable if not_sent && failure.retry_after.is_some() => (
-                        S::SERVICE_UNAVAILABLE,
-                        "upstream_unavailable",
-                        "Jelou is unavailable",
-                        true,
-                    ),
-                    FailureKind::Unavailable => (
-                        S::BAD_GATEWAY,
-                        "upstream_unavailable",
-                        "Jelou is unavailable",
-                        not_sent,
-                    ),
-                    FailureKind::Overloaded => (
-                        S::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                        "The relay is overloaded",
-                        true,
-                    ),
-                    FailureKind::RateLimited => (
-                        S::TOO_MANY_REQUESTS,
-                        "rate_limited",
-                        "Rate limited",
-                        not_sent,
-                    ),
-                    FailureKind::DeadlineExceeded => (
-                        S::GATEWAY_TIMEOUT,
-                        "deadline_exceeded",
-                        "Deadline exceeded",
-                        not_sent,
-                    ),
-                }
-            }
+            ApiError::Delivery(failure) => failure.describe(),
         }
     }
 
@@ -340,14 +293,7 @@ impl ApiError {
                 (errors, DeliveryState::NotSent, None, None, None)
             }
             ApiError::Delivery(failure) => {
-                let upstream = match failure.kind {
-                    // Jelou's words about credentials stay in the logs.
-                    FailureKind::AuthFailed => failure.upstream.map(|u| UpstreamError {
-                        description: None,
-                        ..u
-                    }),
-                    _ => failure.upstream,
-                };
+                let upstream = failure.public_upstream();
                 (
                     Vec::new(),
                     failure.delivery,

@@ -8,7 +8,7 @@ use url::Url;
 
 use super::auth::Gate;
 use crate::config::{RelayConfig, UpstreamMode};
-use crate::delivery::{self, DeliveryService};
+use crate::delivery::{self, Delivery};
 use crate::domain::BotRegistry;
 use crate::idempotency::{IdempotencyStore, MemoryStore, SharedIdempotency};
 use crate::jelou::{CredentialBook, JelouClient, Sandbox};
@@ -35,7 +35,7 @@ pub struct Shared {
     pub base_url: Arc<Url>,
     pub body_limit: usize,
     pub sandbox: bool,
-    pub delivery: DeliveryService,
+    pub delivery: Delivery,
     pub readiness: Readiness,
     /// The default (and longest) deadline of a send.
     pub deadline: Duration,
@@ -58,12 +58,9 @@ impl AppState {
         crate::metrics::handle();
         let store = Store::open(&config.store)?;
         let delivery = match config.mode {
-            UpstreamMode::Sandbox => {
-                delivery::stack(&config.delivery, &config.bots, Sandbox, &store)
-            }
+            UpstreamMode::Sandbox => delivery::stack(&config.delivery, Sandbox, &store),
             UpstreamMode::Jelou => delivery::stack(
                 &config.delivery,
-                &config.bots,
                 JelouClient::new(config.connect_timeout, config.credentials.clone())?,
                 &store,
             ),

@@ -23,6 +23,11 @@ impl ConcurrencyLayer {
             queue,
         }
     }
+
+    /// The permits, for the queue's workers: queued sends count against the same limit.
+    pub fn permits(&self) -> Arc<Semaphore> {
+        self.permits.clone()
+    }
 }
 
 impl<S> Layer<S> for ConcurrencyLayer {

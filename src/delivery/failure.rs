@@ -112,6 +112,70 @@ impl DeliveryFailure {
         }
     }
 
+    /// The HTTP status, stable code and title a caller sees for this failure, and
+    /// whether sending the same request again is safe and may succeed.
+    pub fn describe(&self) -> (StatusCode, &'static str, &'static str, bool) {
+        use StatusCode as S;
+        let not_sent = self.delivery == DeliveryState::NotSent;
+        match self.kind {
+            FailureKind::Rejected => (
+                S::UNPROCESSABLE_ENTITY,
+                "upstream_rejected",
+                "Jelou rejected the message",
+                false,
+            ),
+            FailureKind::AuthFailed => (
+                S::BAD_GATEWAY,
+                "upstream_auth_failed",
+                "The relay is not authorized by Jelou",
+                false,
+            ),
+            // Jelou said "not now" and when to come back: pass that on as 503.
+            FailureKind::Unavailable if not_sent && self.retry_after.is_some() => (
+                S::SERVICE_UNAVAILABLE,
+                "upstream_unavailable",
+                "Jelou is unavailable",
+                true,
+            ),
+            FailureKind::Unavailable => (
+                S::BAD_GATEWAY,
+                "upstream_unavailable",
+                "Jelou is unavailable",
+                not_sent,
+            ),
+            FailureKind::Overloaded => (
+                S::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "The relay is overloaded",
+                true,
+            ),
+            FailureKind::RateLimited => (
+                S::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Rate limited",
+                not_sent,
+            ),
+            FailureKind::DeadlineExceeded => (
+                S::GATEWAY_TIMEOUT,
+                "deadline_exceeded",
+                "Deadline exceeded",
+                not_sent,
+            ),
+        }
+    }
+
+    /// Jelou's answer as a caller may see it: its words about credentials stay in the logs.
+    pub fn public_upstream(&self) -> Option<UpstreamError> {
+        let upstream = self.upstream.clone()?;
+        Some(match self.kind {
+            FailureKind::AuthFailed => UpstreamError {
+                description: None,
+                ..upstream
+            },
+            _ => upstream,
+        })
+    }
+
     fn from_no_answer(no_answer: NoAnswer) -> Self {
         let (kind, delivery, detail) = match no_answer {
             NoAnswer::Connect => (

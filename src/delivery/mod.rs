@@ -5,7 +5,9 @@ pub mod attempt;
 pub mod concurrency;
 pub mod deadline;
 pub mod failure;
+mod gcra;
 pub mod journal;
+mod paced;
 pub mod rate_limit;
 pub mod retry;
 mod shared_limits;
@@ -24,8 +26,9 @@ use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 pub use failure::{DeliveryFailure, DeliveryState, FailureKind};
+pub use paced::{AfterFailure, Paced};
 
-use crate::domain::{BotRegistry, RateSettings};
+use crate::domain::RateSettings;
 use crate::jelou::{FlowRequest, Verdict};
 use crate::store::Store;
 
@@ -180,46 +183,58 @@ impl Drop for WaitSlot {
     }
 }
 
-/// Assembles the delivery stack over the upstream (Jelou client or sandbox), outer to inner.
-pub fn stack(
-    delivery: &DeliveryConfig,
-    bots: &BotRegistry,
-    upstream: impl Upstream,
-    store: &Store,
-) -> DeliveryService {
+/// The two ways out to Jelou, sharing the limits, the permits, the retry policy and
+/// budget, the per-attempt timeout and the upstream (credentials included).
+#[derive(Clone)]
+pub struct Delivery {
+    /// A synchronous send: the whole stack, retries and waits within one deadline.
+    pub send: DeliveryService,
+    /// A queued send: paced by reservation and tried one attempt at a time.
+    pub paced: Paced,
+}
+
+/// Assembles the delivery stack over the upstream (Jelou client or sandbox), outer to
+/// inner, and the queue's path over the same parts.
+pub fn stack(delivery: &DeliveryConfig, upstream: impl Upstream, store: &Store) -> Delivery {
     let queue = WaitQueue::new(delivery.max_waiting);
     let limits = Arc::new(match store {
         Store::Memory => rate_limit::Limits::new(
-            bots,
             &delivery.recipients,
             delivery.rate_limit_max_wait,
             queue.clone(),
         ),
         Store::Redis(redis) => rate_limit::Limits::shared(
-            bots,
             &delivery.recipients,
             delivery.rate_limit_max_wait,
             queue.clone(),
             redis.clone(),
         ),
     });
+    let concurrency = concurrency::ConcurrencyLayer::new(delivery.max_in_flight, queue);
+    let retry = retry::RetryPolicy::new(delivery);
+    let attempt = attempt::AttemptLayer::new(delivery.request_timeout);
     let service = ServiceBuilder::new()
         // One deadline over everything below; the final attempt count and delivery
         // state are read from the journal here.
         .layer(deadline::DeadlineLayer)
         // Rate limits before the concurrency limit: a request waiting for WhatsApp
         // capacity must not hold one of the permits to Jelou.
-        .layer(rate_limit::RateLimitLayer::new(limits))
+        .layer(rate_limit::RateLimitLayer::new(limits.clone()))
         // Outside the retry: a request keeps its permit for its whole retry sequence.
-        .layer(concurrency::ConcurrencyLayer::new(
-            delivery.max_in_flight,
-            queue,
-        ))
-        .layer(tower::retry::RetryLayer::new(retry::RetryPolicy::new(
-            delivery,
-        )))
+        .layer(concurrency.clone())
+        .layer(tower::retry::RetryLayer::new(retry.clone()))
         // Each attempt: journaled, and bounded by the per-attempt timeout and the deadline.
-        .layer(attempt::AttemptLayer::new(delivery.request_timeout))
-        .service(upstream);
-    BoxCloneSyncService::new(service)
+        .layer(attempt.clone())
+        .service(upstream.clone());
+    let one_attempt = ServiceBuilder::new().layer(attempt).service(upstream);
+    Delivery {
+        send: BoxCloneSyncService::new(service),
+        paced: Paced::new(
+            limits,
+            concurrency.permits(),
+            BoxCloneSyncService::new(one_attempt),
+            retry,
+            delivery.request_timeout,
+        ),
+    }
 }

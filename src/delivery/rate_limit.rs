@@ -1,84 +1,61 @@
 //! Outbound rate limits (GCRA): per bot (its WhatsApp number's throughput) and per bot
-//! and recipient (WhatsApp's pair limit), in this process (governor) or shared by every
+//! and recipient (WhatsApp's pair limit), in this process (`gcra`) or shared by every
 //! replica (Redis). A request waits for capacity up to a bound within its deadline; past
 //! that it is refused with a time to come back.
 
-use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
+use super::gcra::Table;
 use super::shared_limits::{Limit, SharedLimiter};
 use super::{
     Delivered, DeliveryFailure, DeliveryFuture, DeliveryInner, FailureKind, Outbound, WaitQueue,
 };
-use crate::domain::{BotRegistry, RateSettings};
+use crate::domain::RateSettings;
+use crate::jelou::FlowRequest;
 use crate::store::{FailureMode, RedisStore};
-
-/// A GCRA quota for `rate`; settings are validated positive at start-up.
-pub fn quota(rate: &RateSettings) -> Quota {
-    let period = Duration::from_secs_f64(1.0 / rate.rate_per_second.max(1e-9));
-    let burst = NonZeroU32::new(rate.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    Quota::with_period(period.max(Duration::from_nanos(1)))
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(burst)
-}
 
 /// The limits in this process: every limit with the memory backend; with Redis, the
 /// fallback while Redis is unreachable (`fail_open`), each limit divided by the
 /// expected replica count.
 #[derive(Debug)]
 struct LocalLimits {
-    per_bot: HashMap<String, DefaultDirectRateLimiter>,
-    per_recipient: DefaultKeyedRateLimiter<(String, String)>,
-    clock: DefaultClock,
-    checks: AtomicU64,
+    per_bot: Table<String>,
+    /// Keyed by bot and recipient, joined by a unit separator.
+    per_recipient: Table<String>,
+    share: u32,
 }
 
 impl LocalLimits {
-    fn new(bots: &BotRegistry, recipients: &RateSettings, share: u32) -> Self {
-        let per_bot = bots
-            .aliases()
-            .filter_map(|alias| bots.resolve(Some(alias)).ok())
-            .map(|bot| {
-                let rate = divided(&bot.rate, share);
-                (bot.alias.clone(), RateLimiter::direct(quota(&rate)))
-            })
-            .collect();
+    fn new(share: u32) -> Self {
         LocalLimits {
-            per_bot,
-            per_recipient: RateLimiter::keyed(quota(&divided(recipients, share))),
-            clock: DefaultClock::default(),
-            checks: AtomicU64::new(0),
+            per_bot: Table::new(),
+            per_recipient: Table::new(),
+            share,
         }
     }
 
-    fn wait_for(&self, limit: Limit<'_>) -> Option<Duration> {
+    fn wait_for(&self, limit: Limit<'_>, rate: &RateSettings) -> Option<Duration> {
+        let rate = divided(rate, self.share);
         match limit {
-            Limit::Bot(alias) => {
-                let limiter = self.per_bot.get(alias)?;
-                limiter
-                    .check()
-                    .err()
-                    .map(|not_until| not_until.wait_time_from(self.clock.now()))
-            }
+            Limit::Bot(alias) => self.per_bot.check(alias, &rate),
             Limit::Recipient { bot, to } => {
-                // Forget recipients idle long enough to be back at full burst, now and then.
-                if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
-                    self.per_recipient.retain_recent();
-                    self.per_recipient.shrink_to_fit();
-                }
+                self.per_recipient.check(&format!("{bot}\u{1f}{to}"), &rate)
+            }
+        }
+    }
+
+    fn reserve(&self, limit: Limit<'_>, rate: &RateSettings, latest: Instant) -> Option<Instant> {
+        let rate = divided(rate, self.share);
+        match limit {
+            Limit::Bot(alias) => self.per_bot.reserve(alias, &rate, latest),
+            Limit::Recipient { bot, to } => {
                 self.per_recipient
-                    .check_key(&(bot.to_string(), to.to_string()))
-                    .err()
-                    .map(|not_until| not_until.wait_time_from(self.clock.now()))
+                    .reserve(&format!("{bot}\u{1f}{to}"), &rate, latest)
             }
         }
     }
@@ -105,14 +82,9 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn new(
-        bots: &BotRegistry,
-        recipients: &RateSettings,
-        max_wait: Duration,
-        queue: WaitQueue,
-    ) -> Self {
+    pub fn new(recipients: &RateSettings, max_wait: Duration, queue: WaitQueue) -> Self {
         Limits {
-            local: LocalLimits::new(bots, recipients, 1),
+            local: LocalLimits::new(1),
             shared: None,
             recipients: *recipients,
             max_wait,
@@ -123,14 +95,13 @@ impl Limits {
     /// Limits kept in Redis, with local ones (each divided by the expected replicas)
     /// for when Redis cannot be reached and the failure mode is `fail_open`.
     pub fn shared(
-        bots: &BotRegistry,
         recipients: &RateSettings,
         max_wait: Duration,
         queue: WaitQueue,
         store: Arc<RedisStore>,
     ) -> Self {
         Limits {
-            local: LocalLimits::new(bots, recipients, store.expected_replicas),
+            local: LocalLimits::new(store.expected_replicas),
             shared: Some(SharedLimiter::new(store)),
             recipients: *recipients,
             max_wait,
@@ -146,7 +117,7 @@ impl Limits {
         rate: &RateSettings,
     ) -> Result<Option<Duration>, DeliveryFailure> {
         let Some(shared) = &self.shared else {
-            return Ok(self.local.wait_for(limit));
+            return Ok(self.local.wait_for(limit, rate));
         };
         // Boxed: the Redis call's state is large, and inline it would make every
         // request's future (memory backend included) that large.
@@ -158,7 +129,7 @@ impl Limits {
                 match mode {
                     FailureMode::FailOpen => {
                         tracing::debug!(%error, "rate limit checked locally: the shared store is unreachable");
-                        Ok(self.local.wait_for(limit))
+                        Ok(self.local.wait_for(limit, rate))
                     }
                     FailureMode::FailClosed => {
                         tracing::warn!(%error, "send refused: the shared rate-limit store is unreachable (fail_closed)");
@@ -169,6 +140,54 @@ impl Limits {
                 }
             }
         }
+    }
+
+    /// Reserves the next cell of `limit` no later than `latest`: when it is, or `None`
+    /// when no cell is free by then (nothing spent).
+    async fn reserve(
+        &self,
+        limit: Limit<'_>,
+        rate: &RateSettings,
+        latest: Instant,
+    ) -> Result<Option<Instant>, DeliveryFailure> {
+        let Some(shared) = &self.shared else {
+            return Ok(self.local.reserve(limit, rate, latest));
+        };
+        match Box::pin(shared.reserve(limit, rate, latest)).await {
+            Ok(at) => Ok(at),
+            Err(error) => {
+                let mode = shared.store().failure_mode;
+                crate::store::count_unavailable("rate_limit", mode);
+                match mode {
+                    FailureMode::FailOpen => Ok(self.local.reserve(limit, rate, latest)),
+                    FailureMode::FailClosed => {
+                        tracing::warn!(%error, "queued send waits: the shared rate-limit store is unreachable (fail_closed)");
+                        Err(DeliveryFailure::overloaded(
+                            "the shared rate-limit store is unreachable",
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    /// When `request` may go under both its recipient's and its bot's limits, with a
+    /// cell of each reserved for then; `None` when that would be after `latest`.
+    pub async fn pace(
+        &self,
+        request: &FlowRequest,
+        latest: Instant,
+    ) -> Result<Option<Instant>, DeliveryFailure> {
+        let bot = request.bot.alias.as_str();
+        let to = request.recipient.as_str();
+        let recipient = Limit::Recipient { bot, to };
+        let Some(first) = self.reserve(recipient, &self.recipients, latest).await? else {
+            return Ok(None);
+        };
+        let at = self
+            .reserve(Limit::Bot(bot), &request.bot.rate, latest)
+            .await?;
+        Ok(at.map(|at| at.max(first)))
     }
 
     /// Takes one cell of `limit`, waiting while the wait fits in the budget.

@@ -74,6 +74,40 @@ pub fn backoff(retry: u32, base: Duration, cap: Duration) -> Duration {
     ceiling.mul_f64(fastrand::f64())
 }
 
+impl RetryPolicy {
+    /// How long a queued message waits before its next attempt after `failure` (its
+    /// `attempts`-th), or `None` when the failure is final. The classification, the
+    /// backoff and the budget are the synchronous path's; `max_attempts` is not (a
+    /// queued message is bounded by its expiry), and the backoff is capped at `cap`.
+    pub fn queued_retry(
+        &self,
+        failure: &DeliveryFailure,
+        attempts: u32,
+        cap: Duration,
+    ) -> Option<Duration> {
+        let settings = &self.settings;
+        if attempts == 1 {
+            self.budget.deposit();
+        }
+        if !is_retryable(failure, &settings.unsafe_classes) {
+            return None;
+        }
+        let hint = failure.retry_after.unwrap_or_default();
+        let mut wait = backoff(attempts, settings.base, cap).max(hint);
+        if !self.budget.withdraw() {
+            // Out of budget: the message waits the longest backoff instead of giving up.
+            metrics::counter!(crate::metrics::RETRY_BUDGET_EXHAUSTED).increment(1);
+            wait = wait.max(cap);
+        }
+        let kind = match failure.kind {
+            FailureKind::RateLimited => "rate_limited",
+            _ => "unavailable",
+        };
+        metrics::counter!(crate::metrics::RETRIES, "kind" => kind).increment(1);
+        Some(wait)
+    }
+}
+
 impl tower::retry::Policy<Outbound, Delivered, DeliveryFailure> for RetryPolicy {
     type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
 

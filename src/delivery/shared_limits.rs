@@ -1,10 +1,11 @@
 //! GCRA on Redis: one atomic script per check, the same algorithm and parameters as the
-//! in-memory limiter (governor), so switching backends changes nothing for callers.
+//! in-memory limiter (`gcra`), so switching backends changes nothing for callers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
 use crate::domain::RateSettings;
 use crate::store::{RedisStore, StoreError};
@@ -29,6 +30,27 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_ta
 return 0
 "#;
 
+/// Reserves the next cell, now or later, when it comes before ARGV[3] (microseconds
+/// from now): returns the wait until it (0: now), or -1 when none is free by then
+/// (nothing spent).
+const GCRA_RESERVE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local latest = now + tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local allow_at = tat + interval - interval * burst
+if allow_at < now then allow_at = now end
+if allow_at > latest then
+  return -1
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return math.ceil(allow_at - now)
+"#;
+
 /// What a check is about.
 #[derive(Debug, Clone, Copy)]
 pub enum Limit<'a> {
@@ -41,6 +63,7 @@ pub enum Limit<'a> {
 pub struct SharedLimiter {
     store: Arc<RedisStore>,
     script: redis::Script,
+    reserve: redis::Script,
 }
 
 impl SharedLimiter {
@@ -48,6 +71,7 @@ impl SharedLimiter {
         SharedLimiter {
             store,
             script: redis::Script::new(GCRA),
+            reserve: redis::Script::new(GCRA_RESERVE),
         }
     }
 
@@ -85,5 +109,32 @@ impl SharedLimiter {
             })
             .await?;
         Ok((wait_us > 0).then(|| Duration::from_micros(wait_us)))
+    }
+
+    /// Reserves the next cell no later than `latest`: when it is, or `None`.
+    pub async fn reserve(
+        &self,
+        limit: Limit<'_>,
+        rate: &RateSettings,
+        latest: Instant,
+    ) -> Result<Option<Instant>, StoreError> {
+        let interval_us = (1e6 / rate.rate_per_second.max(1e-9)).round().max(1.0) as u64;
+        let burst = rate.burst.max(1);
+        let horizon_us = latest.saturating_duration_since(Instant::now()).as_micros() as u64;
+        let mut invocation = self.reserve.prepare_invoke();
+        invocation
+            .key(self.key(limit))
+            .arg(interval_us)
+            .arg(burst)
+            .arg(horizon_us);
+        let wait_us: i64 = self
+            .store
+            .run("rate_limit", async |connection| {
+                invocation.invoke_async(connection).await
+            })
+            .await?;
+        Ok(u64::try_from(wait_us)
+            .ok()
+            .map(|wait| Instant::now() + Duration::from_micros(wait)))
     }
 }

@@ -21,7 +21,7 @@ pub async fn deliver(
 ) -> (StoredAnswer, RequestOutcome) {
     let alias = outbound.request.bot.alias.clone();
     let to = outbound.request.recipient.as_str().to_string();
-    let result = state.delivery.clone().oneshot(outbound).await;
+    let result = state.delivery.send.clone().oneshot(outbound).await;
     // A key is used up only by a message that was, or may have been, sent.
     let consumed = match &result {
         Ok(_) => true,
