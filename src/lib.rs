@@ -4,6 +4,8 @@
 //! `domain` (the message, parsed once) → `idempotency` (claim or replay a key) →
 //! `delivery` (the tower stack: deadline, rate limits, concurrency, retry, attempt) →
 //! `jelou` (the exact request, the client and its credentials, what an answer means).
+//! An asynchronous send stops at `queue` (accepted, stored, 202) and goes on from its
+//! worker through `delivery`'s paced path to `jelou`.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -14,6 +16,7 @@ pub mod domain;
 pub mod idempotency;
 pub mod jelou;
 pub mod metrics;
+pub mod queue;
 pub mod store;
 pub mod telemetry;
 pub mod workers;

@@ -21,6 +21,9 @@ pub const STORE_DURATION: &str = "jelou_relay_store_duration_seconds";
 pub const STORE_ERRORS: &str = "jelou_relay_store_errors_total";
 pub const STORE_UP: &str = "jelou_relay_store_up";
 pub const STORE_UNAVAILABLE: &str = "jelou_relay_store_unavailable_total";
+pub const QUEUE_DEPTH: &str = "jelou_relay_queue_depth";
+pub const QUEUE_OLDEST: &str = "jelou_relay_queue_oldest_seconds";
+pub const ASYNC_MESSAGES: &str = "jelou_relay_async_messages_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -130,6 +133,19 @@ fn describe() {
     describe_counter!(
         STORE_UNAVAILABLE,
         "Requests that met an unreachable store, by what (rate_limit, idempotency) and action (fallback, refused)"
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Asynchronous messages not yet final (queued or sending), in the whole queue"
+    );
+    describe_gauge!(
+        QUEUE_OLDEST,
+        Unit::Seconds,
+        "Age of the oldest asynchronous message not yet final"
+    );
+    describe_counter!(
+        ASYNC_MESSAGES,
+        "Asynchronous message status changes made by this replica, by status"
     );
 }
 

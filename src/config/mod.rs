@@ -2,6 +2,7 @@
 //! runtime configuration built of the types the modules that use them own.
 
 mod callers;
+mod queue;
 mod settings;
 mod store;
 mod summary;
@@ -17,6 +18,7 @@ pub use crate::api::auth::{Caller, Callers};
 pub use crate::delivery::{DeliveryConfig, UnsafeRetry};
 pub use crate::domain::bots::{Bot, BotLookupError, BotRegistry, DEFAULT_BOT_RATE, RateSettings};
 pub use crate::jelou::credentials::{CredentialBook, Credentials};
+pub use crate::queue::AsyncConfig;
 pub use crate::store::{FailureMode, RedisConfig, StoreConfig};
 pub use settings::*;
 
@@ -160,6 +162,7 @@ pub struct RelayConfig {
     /// WhatsApp's pair limit: messages to one recipient from one bot.
     pub recipients: RateSettings,
     pub idempotency: IdempotencyConfig,
+    pub asynchronous: AsyncConfig,
     pub store: StoreConfig,
     pub callers: Callers,
     /// Where the admin listener binds, when enabled.

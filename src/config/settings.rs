@@ -19,6 +19,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub recipients: RateSettings,
     pub idempotency: IdempotencySettings,
+    #[serde(rename = "async")]
+    pub asynchronous: AsyncSettings,
     pub store: StoreSettings,
     pub auth: AuthSettings,
     pub admin: AdminSettings,
@@ -61,6 +63,19 @@ pub struct IdempotencySettings {
     pub required: bool,
     pub retention_seconds: u64,
     pub max_keys: usize,
+}
+
+/// Asynchronous sends (`Prefer: respond-async`) and their queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncSettings {
+    pub enabled: bool,
+    pub ttl_seconds: u64,
+    pub max_ttl_seconds: u64,
+    pub retention_seconds: u64,
+    pub max_queued: usize,
+    pub backoff_cap_ms: u64,
+    pub claim_idle_ms: u64,
 }
 
 /// Where rate-limit state and idempotency keys live.

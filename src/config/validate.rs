@@ -129,6 +129,7 @@ impl Settings {
         }
         check_rate("recipients", &self.recipients, &mut problem);
         let store = self.store_config(&mut problem);
+        let asynchronous = self.async_config(environment, &mut problem);
 
         let needs_credentials = self.upstream.mode == UpstreamMode::Jelou;
         let shared_id = self.upstream.client_id.clone().filter(|s| !s.is_empty());
@@ -321,6 +322,7 @@ impl Settings {
                 retention: Duration::from_secs(self.idempotency.retention_seconds),
                 max_keys: self.idempotency.max_keys,
             },
+            asynchronous,
             store,
         })
     }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 /// Jelou's own account of an error, as far as it gave one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 pub struct UpstreamError {
     /// HTTP status Jelou answered with.
     pub status: u16,

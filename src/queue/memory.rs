@@ -1,0 +1,203 @@
+//! The queue in this process: for one replica, and lost at exit (logged then).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::message::now_ms;
+use super::{Depth, Message, Placement, QueueError, QueueStore, Status, Taken};
+
+#[derive(Debug, Default)]
+struct Inner {
+    messages: HashMap<String, Message>,
+    /// Ready to be taken, in order.
+    ready: VecDeque<String>,
+    /// Waiting until a time: (due ms, id).
+    waiting: BTreeSet<(u64, String)>,
+    /// Attempts out: (lease end ms, id).
+    leases: BTreeSet<(u64, String)>,
+    /// Open messages by creation: (created ms, id).
+    open: BTreeSet<(u64, String)>,
+    /// Final messages by the end of their retention: (forget at ms, id).
+    retained: BTreeSet<(u64, String)>,
+    /// Where each waiting or leased message is, to take it out in one step.
+    placed: HashMap<String, Placed>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Placed {
+    Waiting(u64),
+    Leased(u64),
+}
+
+impl Inner {
+    fn unplace(&mut self, id: &str) {
+        match self.placed.remove(id) {
+            Some(Placed::Waiting(at)) => {
+                self.waiting.remove(&(at, id.to_string()));
+            }
+            Some(Placed::Leased(until)) => {
+                self.leases.remove(&(until, id.to_string()));
+            }
+            None => {}
+        }
+    }
+
+    fn forget_expired(&mut self, now: u64) {
+        while let Some((at, id)) = self.retained.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.retained.pop_first();
+            self.messages.remove(&id);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct MemoryQueue {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl QueueStore for MemoryQueue {
+    async fn enqueue(&self, messages: &[Message], max_queued: usize) -> Result<(), QueueError> {
+        let mut inner = self.lock();
+        if inner.open.len() + messages.len() > max_queued {
+            return Err(QueueError::Full);
+        }
+        for message in messages {
+            let mut message = message.clone();
+            message.version = 1;
+            inner.open.insert((message.created_ms, message.id.clone()));
+            inner.ready.push_back(message.id.clone());
+            inner.messages.insert(message.id.clone(), message);
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Message>, QueueError> {
+        let mut inner = self.lock();
+        inner.forget_expired(now_ms());
+        Ok(inner.messages.get(id).cloned())
+    }
+
+    async fn change(
+        &self,
+        message: &Message,
+        placement: Placement,
+        _entry: Option<&str>,
+    ) -> Result<Option<u64>, QueueError> {
+        let mut inner = self.lock();
+        let Some(stored) = inner.messages.get_mut(&message.id) else {
+            return Ok(None);
+        };
+        if stored.version != message.version {
+            return Ok(None);
+        }
+        let version = message.version + 1;
+        *stored = Message {
+            version,
+            ..message.clone()
+        };
+        let (id, created) = (message.id.clone(), message.created_ms);
+        inner.unplace(&id);
+        match placement {
+            Placement::Due(at) => {
+                inner.placed.insert(id.clone(), Placed::Waiting(at));
+                inner.waiting.insert((at, id));
+            }
+            Placement::Leased(until) => {
+                inner.placed.insert(id.clone(), Placed::Leased(until));
+                inner.leases.insert((until, id));
+            }
+            Placement::Final(retention) => {
+                inner.open.remove(&(created, id.clone()));
+                let forget_at = now_ms() + retention.as_millis() as u64;
+                inner.retained.insert((forget_at, id));
+            }
+        }
+        Ok(Some(version))
+    }
+
+    async fn take(&self, max: usize) -> Result<Vec<Taken>, QueueError> {
+        let mut inner = self.lock();
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            let Some(id) = inner.ready.pop_front() else {
+                break;
+            };
+            if let Some(message) = inner.messages.get(&id) {
+                taken.push(Taken {
+                    entry: id,
+                    message: message.clone(),
+                });
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn drop_entry(&self, _entry: &str) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    async fn promote(&self, now: u64) -> Result<(), QueueError> {
+        let mut inner = self.lock();
+        while let Some((at, id)) = inner.waiting.first().cloned() {
+            if at > now {
+                break;
+            }
+            inner.waiting.pop_first();
+            inner.placed.remove(&id);
+            inner.ready.push_back(id);
+        }
+        inner.forget_expired(now);
+        Ok(())
+    }
+
+    async fn lapsed(&self, now: u64) -> Result<Vec<String>, QueueError> {
+        let inner = self.lock();
+        Ok(inner
+            .leases
+            .iter()
+            .take_while(|(until, _)| *until <= now)
+            .map(|(_, id)| id.clone())
+            .collect())
+    }
+
+    async fn depth(&self) -> Result<Depth, QueueError> {
+        let inner = self.lock();
+        Ok(Depth {
+            open: inner.open.len() as u64,
+            oldest_ms: inner.open.first().map(|(created, _)| *created),
+        })
+    }
+
+    async fn remaining(&self) -> Vec<Message> {
+        let inner = self.lock();
+        let mut remaining: Vec<Message> = inner
+            .open
+            .iter()
+            .filter_map(|(_, id)| inner.messages.get(id))
+            .filter(|m| m.status == Status::Queued)
+            .cloned()
+            .collect();
+        remaining.sort_by_key(|m| m.created_ms);
+        remaining
+    }
+
+    fn durable(&self) -> bool {
+        false
+    }
+}

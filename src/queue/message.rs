@@ -1,0 +1,258 @@
+//! A queued message: what is stored, its states, and the status object callers read.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::delivery::{DeliveryFailure, DeliveryState};
+use crate::domain::{BotRegistry, Recipient};
+use crate::jelou::{FlowRequest, UpstreamError};
+
+/// Where a queued message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for capacity, for a retry, or for Jelou to come back.
+    Queued,
+    /// An attempt is out.
+    Sending,
+    /// Jelou accepted it.
+    Sent,
+    /// Jelou refused it.
+    Failed,
+    /// An attempt may have reached Jelou and its fate is not known: never sent again.
+    Unknown,
+    /// Not sent before `expires_at`.
+    Expired,
+    /// Canceled by its caller while queued.
+    Canceled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Sending => "sending",
+            Status::Sent => "sent",
+            Status::Failed => "failed",
+            Status::Unknown => "unknown",
+            Status::Expired => "expired",
+            Status::Canceled => "canceled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Queued | Status::Sending)
+    }
+
+    /// Whether the message reached Jelou: `sent`, `not_sent` or `unknown`, as in the
+    /// synchronous answers. An attempt that is out may have reached it.
+    pub fn delivery(self) -> &'static str {
+        match self {
+            Status::Sent => "sent",
+            Status::Sending | Status::Unknown => DeliveryState::Unknown.as_str(),
+            Status::Queued | Status::Failed | Status::Expired | Status::Canceled => {
+                DeliveryState::NotSent.as_str()
+            }
+        }
+    }
+}
+
+/// Why a message did not end `sent`: a problem object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MessageError {
+    /// Stable machine-readable code, e.g. `upstream_rejected`, `expired`.
+    pub code: String,
+    pub title: String,
+    pub detail: String,
+    /// Jelou's answer, when Jelou gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamError>,
+}
+
+impl MessageError {
+    /// The problem the synchronous twin of this failure would have answered.
+    pub fn from_failure(failure: &DeliveryFailure) -> Self {
+        let (_, code, title, _) = failure.describe();
+        MessageError {
+            code: code.into(),
+            title: title.into(),
+            detail: failure.detail.clone(),
+            upstream: failure.public_upstream(),
+        }
+    }
+
+    pub fn expired(last: Option<&MessageError>) -> Self {
+        let detail = match last {
+            Some(last) => format!(
+                "not sent before its expiry; the last attempt ended {}: {}",
+                last.code, last.detail
+            ),
+            None => "not sent before its expiry".into(),
+        };
+        MessageError {
+            code: "expired".into(),
+            title: "The message expired".into(),
+            detail,
+            upstream: last.and_then(|last| last.upstream.clone()),
+        }
+    }
+
+    pub fn interrupted() -> Self {
+        MessageError {
+            code: "send_interrupted".into(),
+            title: "The attempt was interrupted".into(),
+            detail: "the replica sending this message stopped before recording Jelou's answer, so it may or may not have been sent; it is not sent again".into(),
+            upstream: None,
+        }
+    }
+
+    pub fn bot_gone(alias: &str) -> Self {
+        MessageError {
+            code: "unknown_bot".into(),
+            title: "Unknown bot".into(),
+            detail: format!("the bot '{alias}' is no longer configured on this relay"),
+            upstream: None,
+        }
+    }
+}
+
+/// One message as the queue stores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    /// The caller that queued it: only it may read or cancel it.
+    pub caller: String,
+    pub status: Status,
+    pub bot: String,
+    pub to: String,
+    pub attempts: u32,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub expires_ms: u64,
+    pub request_id: String,
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    /// The request Jelou receives, as built and checked at acceptance.
+    pub url: String,
+    pub body: String,
+    /// A retry waits until then.
+    #[serde(default)]
+    pub not_before_ms: u64,
+    /// A rate-limit cell reserved for this message at this time.
+    #[serde(default)]
+    pub slot_ms: Option<u64>,
+    /// Jelou's answer to the attempt that sent it (scrubbed).
+    #[serde(default)]
+    pub upstream: Option<Value>,
+    #[serde(default)]
+    pub error: Option<MessageError>,
+    /// Bumped by the store at every change: a change written against an older version
+    /// is refused, so two replicas can never both start the same attempt.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `ms` as RFC 3339 in UTC, to the millisecond.
+pub fn rfc3339(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// A fresh id: opaque, URL-safe, 36 characters, ordered by creation.
+pub fn new_id() -> String {
+    format!("msg_{}", uuid::Uuid::now_v7().simple())
+}
+
+impl Message {
+    /// The request to send, rebuilt from what was stored; `None` when its bot is gone.
+    pub fn request(&self, bots: &BotRegistry) -> Option<Arc<FlowRequest>> {
+        let bot = bots.resolve(Some(&self.bot)).ok()?;
+        let url = url::Url::parse(&self.url).ok()?;
+        let recipient = Recipient::parse(&self.to).ok()?;
+        Some(Arc::new(FlowRequest {
+            bot,
+            recipient,
+            url,
+            body: Bytes::from(self.body.clone()),
+            request_id: self.request_id.clone(),
+            traceparent: self.traceparent.clone(),
+        }))
+    }
+
+    /// Moves to `status` now.
+    pub fn set(&mut self, status: Status) {
+        self.status = status;
+        self.updated_ms = now_ms().max(self.updated_ms);
+    }
+
+    /// The status object: the body of `GET /v1/flow-messages/{id}`.
+    pub fn view(&self) -> MessageStatus {
+        MessageStatus {
+            id: self.id.clone(),
+            status: self.status,
+            delivery: self.status.delivery(),
+            bot: self.bot.clone(),
+            to: self.to.clone(),
+            attempts: self.attempts,
+            created_at: rfc3339(self.created_ms),
+            updated_at: rfc3339(self.updated_ms),
+            expires_at: rfc3339(self.expires_ms),
+            request_id: self.request_id.clone(),
+            upstream: (self.status == Status::Sent)
+                .then(|| self.upstream.clone())
+                .flatten(),
+            error: matches!(
+                self.status,
+                Status::Failed | Status::Unknown | Status::Expired
+            )
+            .then(|| self.error.clone())
+            .flatten(),
+        }
+    }
+}
+
+/// A queued message's status, as callers read it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MessageStatus {
+    pub id: String,
+    pub status: Status,
+    /// `sent`, `not_sent` or `unknown`, as in the synchronous answers.
+    #[schema(value_type = String, example = "not_sent")]
+    pub delivery: &'static str,
+    pub bot: String,
+    /// The recipient, as digits.
+    pub to: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// RFC 3339.
+    pub created_at: String,
+    pub updated_at: String,
+    /// Not sent after this, the message is `expired`.
+    pub expires_at: String,
+    pub request_id: String,
+    /// Jelou's answer, when `sent` (credentials scrubbed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub upstream: Option<Value>,
+    /// Why it is `failed`, `unknown` or `expired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<MessageError>,
+}

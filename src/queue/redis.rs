@@ -1,0 +1,454 @@
+//! The queue in Redis, shared by every replica: a stream with one consumer group holds
+//! the messages ready to go; a sorted set those waiting (a retry's backoff, a reserved
+//! rate-limit cell); another the attempts out, by the end of their lease; a third every
+//! open message by creation (the depth, the oldest, and the `max_queued` bound). Each
+//! message is a hash: its version, status and JSON record.
+//!
+//! Every change is one script that checks the version, so it is atomic and fenced: two
+//! replicas holding the same message (one stalled past the claim time) cannot both
+//! start its attempt. Entries are acknowledged and deleted as their message moves on,
+//! so the stream holds only what is ready or being taken.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
+
+use super::{Depth, Message, Placement, QueueError, QueueStore, Taken};
+use crate::store::{RedisStore, StoreError};
+
+const GROUP: &str = "relay";
+
+/// KEYS: open, stream, then one hash per message. ARGV: max_queued, then per message
+/// id, JSON, created ms, TTL ms. Returns 0 when the queue is full (nothing queued).
+const ENQUEUE: &str = r#"
+local max = tonumber(ARGV[1])
+local n = #KEYS - 2
+if redis.call('ZCARD', KEYS[1]) + n > max then return 0 end
+for i = 1, n do
+  local base = 1 + (i - 1) * 4
+  local id = ARGV[base + 1]
+  redis.call('HSET', KEYS[2 + i], 'version', 1, 'status', 'queued', 'json', ARGV[base + 2])
+  redis.call('PEXPIRE', KEYS[2 + i], ARGV[base + 4])
+  redis.call('ZADD', KEYS[1], ARGV[base + 3], id)
+  redis.call('XADD', KEYS[2], '*', 'id', id)
+end
+return 1
+"#;
+
+/// KEYS: hash, stream, waiting, leases, open. ARGV: id, version read, status, JSON,
+/// entry to acknowledge ('' for none), placement (due, leased, final), its time (ms
+/// since the epoch) or the retention (ms). Returns the new version, 0 when another
+/// writer came first, -1 when the message is gone.
+const CHANGE: &str = r#"
+local v = redis.call('HGET', KEYS[1], 'version')
+if not v then return -1 end
+if v ~= ARGV[2] then return 0 end
+local nv = tonumber(v) + 1
+redis.call('HSET', KEYS[1], 'version', nv, 'status', ARGV[3], 'json', ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('XACK', KEYS[2], 'relay', ARGV[5])
+  redis.call('XDEL', KEYS[2], ARGV[5])
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if ARGV[6] == 'due' then
+  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
+elseif ARGV[6] == 'leased' then
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
+else
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+end
+return nv
+"#;
+
+/// KEYS: waiting, stream. ARGV: now (ms), most to move. Moves what is due to the stream.
+const PROMOTE: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('XADD', KEYS[2], '*', 'id', id)
+end
+return #due
+"#;
+
+/// Messages moved to the stream per promotion call.
+const PROMOTE_BATCH: usize = 500;
+
+pub struct RedisQueue {
+    store: Arc<RedisStore>,
+    consumer: String,
+    claim_idle: Duration,
+    /// How long a final message stays readable.
+    retention: Duration,
+    group_ready: AtomicBool,
+    last_claim: Mutex<Option<Instant>>,
+    enqueue: redis::Script,
+    change: redis::Script,
+    promote: redis::Script,
+}
+
+impl std::fmt::Debug for RedisQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisQueue")
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// This process's name in the consumer group: host, process id, and a random part.
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "relay".into());
+    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+}
+
+type StreamEntries = Vec<(String, Vec<String>)>;
+
+/// The message id in an entry's fields (`id`, then the id).
+fn entry_message(fields: &[String]) -> Option<&str> {
+    fields
+        .chunks(2)
+        .find(|pair| pair.first().is_some_and(|f| f == "id"))
+        .and_then(|pair| pair.get(1))
+        .map(String::as_str)
+}
+
+impl RedisQueue {
+    pub fn new(store: Arc<RedisStore>, claim_idle: Duration, retention: Duration) -> Self {
+        RedisQueue {
+            store,
+            consumer: consumer_name(),
+            claim_idle,
+            retention,
+            group_ready: AtomicBool::new(false),
+            last_claim: Mutex::new(None),
+            enqueue: redis::Script::new(ENQUEUE),
+            change: redis::Script::new(CHANGE),
+            promote: redis::Script::new(PROMOTE),
+        }
+    }
+
+    fn key(&self, part: &str) -> String {
+        self.store.key(&["queue", part])
+    }
+
+    fn message_key(&self, id: &str) -> String {
+        self.store.key(&["msg", id])
+    }
+
+    /// Creates the stream and its group once (from the start of the stream, so that
+    /// entries written before the group existed are read too).
+    async fn ensure_group(&self) -> Result<(), StoreError> {
+        if self.group_ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let stream = self.key("stream");
+        let created: Result<(), StoreError> = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                let result: redis::RedisResult<()> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(c)
+                    .await;
+                match result {
+                    Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+                    other => other,
+                }
+            })
+            .await;
+        created?;
+        self.group_ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Entries idle past the claim time, taken over from the replica that held them.
+    async fn claim_idle(&self, max: usize) -> Result<StreamEntries, StoreError> {
+        {
+            let mut last = self.last_claim.lock().unwrap_or_else(|p| p.into_inner());
+            let every = (self.claim_idle / 2).max(Duration::from_millis(100));
+            if last.is_some_and(|at| at.elapsed() < every) {
+                return Ok(Vec::new());
+            }
+            *last = Some(Instant::now());
+        }
+        let stream = self.key("stream");
+        let idle = self.claim_idle.as_millis() as u64;
+        let reply: redis::Value = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(idle)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        // [next cursor, entries, deleted ids]; a deleted entry may show as nil.
+        let redis::Value::Array(parts) = reply else {
+            return Ok(Vec::new());
+        };
+        let Some(redis::Value::Array(entries)) = parts.into_iter().nth(1) else {
+            return Ok(Vec::new());
+        };
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| redis::from_redis_value::<(String, Vec<String>)>(entry).ok())
+            .collect())
+    }
+
+    async fn read_new(&self, max: usize) -> Result<StreamEntries, StoreError> {
+        let stream = self.key("stream");
+        let reply: Result<Option<Vec<(String, StreamEntries)>>, StoreError> = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg("COUNT")
+                    .arg(max)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(">")
+                    .query_async(c)
+                    .await
+            })
+            .await;
+        match reply {
+            Ok(reply) => Ok(reply
+                .into_iter()
+                .flatten()
+                .flat_map(|(_, entries)| entries)
+                .collect()),
+            Err(error) => {
+                // Redis lost the group (restarted without persistence): make it again.
+                self.group_ready.store(false, Ordering::Relaxed);
+                Err(error)
+            }
+        }
+    }
+
+    /// The messages of `ids`, each with its stored version.
+    async fn load(&self, ids: &[&str]) -> Result<Vec<Option<Message>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(self.message_key(id))
+                .arg("version")
+                .arg("json");
+        }
+        let rows: Vec<(Option<u64>, Option<String>)> = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                pipe.query_async(c).await
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(version, json)| {
+                let mut message: Message = serde_json::from_str(&json?).ok()?;
+                message.version = version?;
+                Some(message)
+            })
+            .collect())
+    }
+}
+
+fn encode(message: &Message) -> Result<String, StoreError> {
+    serde_json::to_string(message).map_err(|e| StoreError(format!("cannot encode a message: {e}")))
+}
+
+#[async_trait]
+impl QueueStore for RedisQueue {
+    async fn enqueue(&self, messages: &[Message], max_queued: usize) -> Result<(), QueueError> {
+        self.ensure_group().await?;
+        let mut invocation = self.enqueue.prepare_invoke();
+        invocation.key(self.key("open")).key(self.key("stream"));
+        invocation.arg(max_queued);
+        for message in messages {
+            // Past its expiry and retention a message is forgotten even if no replica
+            // ever ran again to close it.
+            let retention_ms = message.expires_ms.saturating_sub(message.created_ms)
+                + self.retention.as_millis() as u64;
+            invocation
+                .key(self.message_key(&message.id))
+                .arg(&message.id)
+                .arg(encode(message)?)
+                .arg(message.created_ms)
+                .arg(retention_ms);
+        }
+        let queued: i64 = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                invocation.invoke_async(c).await
+            })
+            .await?;
+        if queued == 0 {
+            return Err(QueueError::Full);
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Message>, QueueError> {
+        Ok(self.load(&[id]).await?.into_iter().next().flatten())
+    }
+
+    async fn change(
+        &self,
+        message: &Message,
+        placement: Placement,
+        entry: Option<&str>,
+    ) -> Result<Option<u64>, QueueError> {
+        let (kind, at) = match placement {
+            Placement::Due(at) => ("due", at),
+            Placement::Leased(until) => ("leased", until),
+            Placement::Final(retention) => ("final", retention.as_millis().max(1) as u64),
+        };
+        let mut invocation = self.change.prepare_invoke();
+        invocation
+            .key(self.message_key(&message.id))
+            .key(self.key("stream"))
+            .key(self.key("waiting"))
+            .key(self.key("leases"))
+            .key(self.key("open"))
+            .arg(&message.id)
+            .arg(message.version)
+            .arg(message.status.as_str())
+            .arg(encode(message)?)
+            .arg(entry.unwrap_or(""))
+            .arg(kind)
+            .arg(at);
+        let version: i64 = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                invocation.invoke_async(c).await
+            })
+            .await?;
+        Ok(u64::try_from(version).ok().filter(|v| *v > 0))
+    }
+
+    async fn take(&self, max: usize) -> Result<Vec<Taken>, QueueError> {
+        self.ensure_group().await?;
+        let mut entries = self.claim_idle(max).await?;
+        if entries.len() < max {
+            entries.extend(self.read_new(max - entries.len()).await?);
+        }
+        let mut taken = Vec::with_capacity(entries.len());
+        let ids: Vec<&str> = entries
+            .iter()
+            .map(|(_, fields)| entry_message(fields).unwrap_or(""))
+            .collect();
+        let messages = self.load(&ids).await?;
+        for ((entry, _), message) in entries.iter().zip(messages) {
+            match message {
+                Some(message) => taken.push(Taken {
+                    entry: entry.clone(),
+                    message,
+                }),
+                // Its record is gone (past its retention): nothing to send.
+                None => self.drop_entry(entry).await?,
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn drop_entry(&self, entry: &str) -> Result<(), QueueError> {
+        let stream = self.key("stream");
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(entry).ignore();
+        pipe.cmd("XDEL").arg(&stream).arg(entry).ignore();
+        self.store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                pipe.query_async::<()>(c).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn promote(&self, now_ms: u64) -> Result<(), QueueError> {
+        self.ensure_group().await?;
+        let mut invocation = self.promote.prepare_invoke();
+        invocation
+            .key(self.key("waiting"))
+            .key(self.key("stream"))
+            .arg(now_ms)
+            .arg(PROMOTE_BATCH);
+        let _moved: i64 = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                invocation.invoke_async(c).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn lapsed(&self, now_ms: u64) -> Result<Vec<String>, QueueError> {
+        let leases = self.key("leases");
+        Ok(self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&leases)
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(100)
+                    .query_async(c)
+                    .await
+            })
+            .await?)
+    }
+
+    async fn depth(&self) -> Result<Depth, QueueError> {
+        let open = self.key("open");
+        let (count, oldest): (u64, Vec<(String, f64)>) = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                redis::pipe()
+                    .cmd("ZCARD")
+                    .arg(&open)
+                    .cmd("ZRANGE")
+                    .arg(&open)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        Ok(Depth {
+            open: count,
+            oldest_ms: oldest.first().map(|(_, created)| *created as u64),
+        })
+    }
+
+    async fn remaining(&self) -> Vec<Message> {
+        Vec::new()
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,321 @@
+//! Each replica's worker: takes ready messages, paces them onto reserved rate-limit
+//! cells, marks each `sending` in the store before its one attempt, and records what
+//! the attempt came to. It also closes attempts whose replica died (`unknown`, never
+//! re-sent), moves waiting messages back when their time comes, and reports the depth.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::message::now_ms;
+use super::{AsyncConfig, Message, MessageError, Placement, QueueStore, Status, Taken};
+use crate::delivery::{AfterFailure, DeliveryState, Paced};
+use crate::domain::BotRegistry;
+
+/// How often the worker looks for work when nothing woke it.
+const POLL: Duration = Duration::from_millis(100);
+/// How often lapsed leases are closed and the depth reported.
+const SWEEP: Duration = Duration::from_millis(500);
+/// Messages being handled at once by one worker (most of them pacing or waiting for a
+/// permit to Jelou, which bounds the attempts).
+const HANDLING: usize = 256;
+/// How long a `sending` message outlives its attempt's timeout without an answer
+/// before it is taken as interrupted.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(2);
+/// A reserved cell this close is taken as now.
+const NOW_SLACK_MS: u64 = 5;
+
+/// What the worker needs.
+#[derive(Clone)]
+pub struct Worker {
+    pub queue: Arc<dyn QueueStore>,
+    pub paced: Paced,
+    pub bots: Arc<BotRegistry>,
+    pub config: AsyncConfig,
+    /// Woken when this replica queues a message, so it need not wait for the poll.
+    pub wake: Arc<Notify>,
+}
+
+impl Worker {
+    /// Runs until `draining` turns true; then stops taking work, lets the attempts it
+    /// has out finish, and puts back what it took but did not start.
+    pub async fn run(self, mut draining: watch::Receiver<bool>) {
+        let handling = Arc::new(Semaphore::new(HANDLING));
+        let mut tasks = JoinSet::new();
+        let mut last_sweep: Option<Instant> = None;
+        loop {
+            if *draining.borrow() {
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP) {
+                last_sweep = Some(Instant::now());
+                self.sweep().await;
+            }
+            if let Err(error) = self.queue.promote(now_ms()).await {
+                tracing::debug!(%error, "queue: cannot move due messages");
+            }
+            let room = handling.available_permits().min(64);
+            let taken = if room == 0 {
+                Vec::new()
+            } else {
+                match self.queue.take(room).await {
+                    Ok(taken) => taken,
+                    Err(error) => {
+                        tracing::debug!(%error, "queue: cannot take messages");
+                        Vec::new()
+                    }
+                }
+            };
+            if taken.is_empty() {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                    _ = draining.changed() => {}
+                }
+                continue;
+            }
+            for taken in taken {
+                let Ok(slot) = handling.clone().acquire_owned().await else {
+                    break;
+                };
+                let worker = self.clone();
+                let draining = draining.clone();
+                tasks.spawn(async move {
+                    worker.handle(taken, draining).await;
+                    drop(slot);
+                });
+            }
+        }
+        let out = tasks.len();
+        if out > 0 {
+            tracing::info!(
+                messages = out,
+                "queue: finishing the attempts out before exit"
+            );
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// One taken message, from pacing to its attempt's outcome.
+    async fn handle(&self, taken: Taken, draining: watch::Receiver<bool>) {
+        let Taken { entry, mut message } = taken;
+        let now = now_ms();
+        if message.status != Status::Queued || message.not_before_ms > now + NOW_SLACK_MS {
+            // Final, being sent, or waiting elsewhere: this entry is a stale copy.
+            if let Err(error) = self.queue.drop_entry(&entry).await {
+                tracing::debug!(%error, "queue: cannot drop a stale entry");
+            }
+            return;
+        }
+        if now >= message.expires_ms {
+            let last = message.error.take();
+            message.error = Some(MessageError::expired(last.as_ref()));
+            message.set(Status::Expired);
+            self.commit(&message, self.closed(), Some(&entry)).await;
+            return;
+        }
+        let Some(request) = message.request(&self.bots) else {
+            message.error = Some(MessageError::bot_gone(&message.bot));
+            message.set(Status::Failed);
+            self.commit(&message, self.closed(), Some(&entry)).await;
+            return;
+        };
+        match message.slot_ms {
+            Some(slot) if slot > now + NOW_SLACK_MS => {
+                self.commit(&message, Placement::Due(slot), Some(&entry))
+                    .await;
+                return;
+            }
+            Some(_) => {}
+            None => {
+                let latest =
+                    Instant::now() + Duration::from_millis(message.expires_ms.saturating_sub(now));
+                let wait_until = match self.paced.pace(&request, latest).await {
+                    Ok(Some(at)) => {
+                        let at_ms =
+                            now + at.saturating_duration_since(Instant::now()).as_millis() as u64;
+                        message.slot_ms = Some(at_ms);
+                        (at_ms > now + NOW_SLACK_MS).then_some(at_ms)
+                    }
+                    // No cell before it expires: it waits for its expiry.
+                    Ok(None) => Some(message.expires_ms),
+                    // The shared limits cannot be read: try again shortly.
+                    Err(_) => Some(now + 1000),
+                };
+                if let Some(at) = wait_until {
+                    self.commit(&message, Placement::Due(at), Some(&entry))
+                        .await;
+                    return;
+                }
+            }
+        }
+        if *draining.borrow() {
+            // Left for another replica or this one's successor, its cell kept.
+            self.commit(&message, Placement::Due(now), Some(&entry))
+                .await;
+            return;
+        }
+        self.send(message, entry, request).await;
+    }
+
+    /// Marks the message `sending`, makes its attempt and records the outcome.
+    async fn send(
+        &self,
+        mut message: Message,
+        entry: String,
+        request: Arc<crate::jelou::FlowRequest>,
+    ) {
+        let Some(_permit) = self.paced.permit().await else {
+            return;
+        };
+        message.set(Status::Sending);
+        message.attempts += 1;
+        message.slot_ms = None;
+        message.not_before_ms = 0;
+        let lease = now_ms() + (self.paced.request_timeout() + LEASE_MARGIN).as_millis() as u64;
+        let Some(version) = self
+            .commit(&message, Placement::Leased(lease), Some(&entry))
+            .await
+        else {
+            // Canceled, or another replica holding it came first.
+            return;
+        };
+        message.version = version;
+        let outcome = self.paced.attempt(request).await;
+        let placement = match outcome {
+            Ok(delivered) => {
+                message.upstream = Some(delivered.body);
+                message.error = None;
+                message.set(Status::Sent);
+                self.closed()
+            }
+            Err(failure) => {
+                let error = MessageError::from_failure(&failure);
+                match self
+                    .paced
+                    .after_failure(&failure, message.attempts, self.config.backoff_cap)
+                {
+                    AfterFailure::RetryIn(wait) => {
+                        let at = (now_ms() + wait.as_millis() as u64).min(message.expires_ms);
+                        message.not_before_ms = at;
+                        message.error = Some(error);
+                        message.set(Status::Queued);
+                        Placement::Due(at)
+                    }
+                    AfterFailure::Final => {
+                        message.error = Some(error);
+                        message.set(match failure.delivery {
+                            DeliveryState::NotSent => Status::Failed,
+                            DeliveryState::Unknown => Status::Unknown,
+                        });
+                        self.closed()
+                    }
+                }
+            }
+        };
+        // The outcome is written even through a short store outage, within the lease.
+        for _ in 0..8 {
+            match self.queue.change(&message, placement, None).await {
+                Ok(Some(_)) => {
+                    log_change(&message);
+                    return;
+                }
+                Ok(None) => {
+                    tracing::warn!(
+                        id = %message.id,
+                        status = message.status.as_str(),
+                        "queue: the attempt ended after its lease; the message stays unknown"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, id = %message.id, "queue: cannot record an attempt's outcome yet");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    fn closed(&self) -> Placement {
+        Placement::Final(self.config.retention)
+    }
+
+    /// Writes a change; logs it when it was this worker's to make. `None`: another
+    /// writer came first, or the store failed (the message keeps its last state).
+    async fn commit(
+        &self,
+        message: &Message,
+        placement: Placement,
+        entry: Option<&str>,
+    ) -> Option<u64> {
+        match self.queue.change(message, placement, entry).await {
+            Ok(Some(version)) => {
+                if !matches!(placement, Placement::Due(_)) || message.status != Status::Queued {
+                    log_change(message);
+                }
+                Some(version)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(%error, id = %message.id, "queue: cannot record a change");
+                None
+            }
+        }
+    }
+
+    /// Closes lapsed attempts and reports the depth.
+    async fn sweep(&self) {
+        let now = now_ms();
+        match self.queue.lapsed(now).await {
+            Ok(ids) => {
+                for id in ids {
+                    let Ok(Some(mut message)) = self.queue.get(&id).await else {
+                        continue;
+                    };
+                    if message.status != Status::Sending {
+                        continue;
+                    }
+                    message.error = Some(MessageError::interrupted());
+                    message.set(Status::Unknown);
+                    self.commit(&message, self.closed(), None).await;
+                }
+            }
+            Err(error) => tracing::debug!(%error, "queue: cannot read lapsed attempts"),
+        }
+        if let Ok(depth) = self.queue.depth().await {
+            metrics::gauge!(crate::metrics::QUEUE_DEPTH).set(depth.open as f64);
+            let oldest = depth
+                .oldest_ms
+                .map_or(0.0, |created| now.saturating_sub(created) as f64 / 1000.0);
+            metrics::gauge!(crate::metrics::QUEUE_OLDEST).set(oldest);
+        }
+    }
+}
+
+/// One line per status change, and its count.
+pub fn log_change(message: &Message) {
+    metrics::counter!(crate::metrics::ASYNC_MESSAGES, "status" => message.status.as_str())
+        .increment(1);
+    let code = message.error.as_ref().map(|e| e.code.as_str());
+    let status = message.status.as_str();
+    match message.status {
+        Status::Unknown => tracing::warn!(
+            id = %message.id,
+            status,
+            attempts = message.attempts,
+            code,
+            "message status"
+        ),
+        _ => tracing::info!(
+            id = %message.id,
+            status,
+            attempts = message.attempts,
+            code,
+            "message status"
+        ),
+    }
+}
