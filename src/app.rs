@@ -17,6 +17,9 @@ use crate::api::router::{admin_router, router};
 use crate::api::state::AppState;
 use crate::api::state::Readiness;
 use crate::config::RelayConfig;
+use crate::domain::Recipient;
+use crate::queue::QueueStore;
+use crate::queue::worker::Worker;
 use crate::workers::Workers;
 
 /// Why the application could not start.
@@ -51,6 +54,8 @@ pub struct Application {
     header_read_timeout: Duration,
     workers: usize,
     port: u16,
+    /// The queue's worker, when asynchronous sending is on.
+    worker: Option<Worker>,
 }
 
 impl Application {
@@ -86,6 +91,7 @@ impl Application {
         Ok(Application {
             listener,
             admin,
+            worker: state.worker(),
             readiness: state.readiness.clone(),
             router: router(state),
             shutdown_delay: config.shutdown_delay,
@@ -118,9 +124,16 @@ impl Application {
     ) -> std::io::Result<()> {
         let readiness = self.readiness.clone();
         let delay = self.shutdown_delay;
+        let (stop_worker, worker_draining) = tokio::sync::watch::channel(false);
+        let queue_worker = self.worker.map(|worker| {
+            let queue = worker.queue.clone();
+            (queue, tokio::spawn(worker.run(worker_draining)))
+        });
         let stop_accepting = async move {
             shutdown.await;
             readiness.set_draining();
+            // Queued work is left for the other replicas (or this one's successor).
+            stop_worker.send_replace(true);
             tracing::info!(
                 delay_ms = delay.as_millis() as u64,
                 "shutdown requested; /readyz now answers 503"
@@ -220,6 +233,13 @@ impl Application {
                 "drain period over; exiting with requests still in flight"
             ),
         }
+        if let Some((queue, worker)) = queue_worker {
+            // The attempts it has out end within their timeout.
+            if let Err(error) = worker.await {
+                tracing::error!(%error, "the queue worker failed");
+            }
+            log_abandoned(queue.as_ref()).await;
+        }
         if let Ok(workers) = Arc::try_unwrap(workers) {
             workers.stop().await;
         }
@@ -227,6 +247,25 @@ impl Application {
             admin.abort();
         }
         Ok(())
+    }
+}
+
+/// Messages still queued in this process at exit are lost: each is logged, so none
+/// vanishes silently.
+async fn log_abandoned(queue: &dyn QueueStore) {
+    if queue.durable() {
+        return;
+    }
+    for message in queue.remaining().await {
+        let to = Recipient::parse(&message.to)
+            .map(|r| r.masked())
+            .unwrap_or_default();
+        tracing::warn!(
+            id = %message.id,
+            bot = %message.bot,
+            to = %to,
+            "queued message not sent: the queue lives in this process, which is exiting"
+        );
     }
 }
 

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod check;
 pub mod health;
 pub mod limits;
+pub mod messages;
 pub mod observe;
 pub mod openapi;
 pub mod problem;

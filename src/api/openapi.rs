@@ -4,6 +4,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::health;
+use super::messages;
 use super::send;
 
 #[derive(OpenApi)]
@@ -15,7 +16,13 @@ use super::send;
             (`delivery`: `not_sent` or `unknown`).",
         license(name = "MIT"),
     ),
-    paths(send::send_flow_message, health::healthz, health::readyz),
+    paths(
+        send::send_flow_message,
+        messages::get_message,
+        messages::cancel_message,
+        health::healthz,
+        health::readyz
+    ),
     modifiers(&BearerKeys),
     tags(
         (name = "flow-messages", description = "Sending WhatsApp Flow messages"),

@@ -98,6 +98,12 @@ pub enum ApiError {
     },
     /// The body did not arrive in time.
     RequestTimeout,
+    /// `async.max_queued` messages are waiting already.
+    QueueFull,
+    /// No queued message with this id for this caller (or past its retention).
+    MessageNotFound,
+    /// The message is past `queued` (its status given).
+    NotCancelable(&'static str),
 }
 
 impl ApiError {
@@ -200,6 +206,19 @@ impl ApiError {
                 "The request body did not arrive in time",
                 true,
             ),
+            ApiError::QueueFull => (
+                S::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "The queue is full",
+                true,
+            ),
+            ApiError::MessageNotFound => (S::NOT_FOUND, "not_found", "Not found", false),
+            ApiError::NotCancelable(_) => (
+                S::CONFLICT,
+                "not_cancelable",
+                "The message can no longer be canceled",
+                false,
+            ),
             ApiError::MethodNotAllowed => (
                 S::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -265,6 +284,15 @@ impl ApiError {
                 format!("the request headers are larger than the limit of {limit} bytes")
             }
             ApiError::RequestTimeout => "the request body did not arrive in time".into(),
+            ApiError::QueueFull => {
+                "the relay holds as many queued messages as it may (async.max_queued); nothing was queued, retry later".into()
+            }
+            ApiError::MessageNotFound => {
+                "no message with this id was queued by this caller, or its status is past its retention".into()
+            }
+            ApiError::NotCancelable(status) => format!(
+                "the message is {status}; only a queued message can be canceled"
+            ),
             ApiError::Internal => "the relay failed unexpectedly; the message was not sent".into(),
         }
     }
@@ -307,6 +335,7 @@ impl ApiError {
             ApiError::SendInterrupted => (Vec::new(), DeliveryState::Unknown, None, None, None),
             ApiError::IdempotencyKeyInFlight
             | ApiError::StoreUnavailable(_)
+            | ApiError::QueueFull
             | ApiError::Overloaded => (Vec::new(), DeliveryState::NotSent, None, None, Some(1)),
             ApiError::CallerRateLimited { retry_after } => (
                 Vec::new(),

@@ -17,6 +17,7 @@ use super::auth::Authenticate;
 use super::check::check;
 use super::health::{healthz, readyz};
 use super::limits::{HeaderSize, ShedOverload};
+use super::messages::{cancel_message, get_message};
 use super::observe::observe;
 use super::openapi::ApiDoc;
 use super::problem::ApiError;
@@ -29,6 +30,10 @@ pub fn router(state: AppState) -> Router {
     let header_limit = state.max_header_bytes;
     let api = Router::new()
         .route("/v1/flow-messages", post(send_flow_message))
+        .route(
+            "/v1/flow-messages/{id}",
+            get(get_message).delete(cancel_message),
+        )
         // Outer to inner: shedding first, so an overloaded relay spends nothing on a
         // request; then the caller's key and rate.
         .route_layer(

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use url::Url;
 
 use super::auth::Gate;
@@ -12,6 +12,8 @@ use crate::delivery::{self, Delivery};
 use crate::domain::BotRegistry;
 use crate::idempotency::{IdempotencyStore, MemoryStore, SharedIdempotency};
 use crate::jelou::{CredentialBook, JelouClient, Sandbox};
+use crate::queue::worker::Worker;
+use crate::queue::{self, AsyncConfig, QueueStore};
 use crate::store::Store;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -49,6 +51,11 @@ pub struct Shared {
     pub max_header_bytes: usize,
     pub max_json_depth: usize,
     pub body_read_timeout: Duration,
+    /// The asynchronous sends' queue, when `async.enabled`.
+    pub queue: Option<Arc<dyn QueueStore>>,
+    pub asynchronous: AsyncConfig,
+    /// Wakes this replica's worker when a message is queued.
+    pub wake: Arc<Notify>,
 }
 
 impl AppState {
@@ -74,6 +81,7 @@ impl AppState {
                 config.idempotency.max_keys,
             )),
         };
+        let store_for_queue = store.clone();
         Ok(AppState(Arc::new(Shared {
             bots: Arc::new(config.bots.clone()),
             credentials: config.credentials.clone(),
@@ -91,7 +99,24 @@ impl AppState {
             max_header_bytes: config.max_header_bytes,
             max_json_depth: config.max_json_depth,
             body_read_timeout: config.body_read_timeout,
+            queue: config
+                .asynchronous
+                .enabled
+                .then(|| queue::open(&store_for_queue, &config.asynchronous)),
+            asynchronous: config.asynchronous.clone(),
+            wake: Arc::new(Notify::new()),
         })))
+    }
+
+    /// This replica's queue worker, when asynchronous sending is on.
+    pub fn worker(&self) -> Option<Worker> {
+        Some(Worker {
+            queue: self.queue.clone()?,
+            paced: self.delivery.paced.clone(),
+            bots: self.bots.clone(),
+            config: self.asynchronous.clone(),
+            wake: self.wake.clone(),
+        })
     }
 }
 

@@ -230,6 +230,7 @@ mod tests {
             status,
             content_type: "application/json".into(),
             retry_after: None,
+            location: None,
             body: Bytes::from_static(b"{}"),
         }
     }

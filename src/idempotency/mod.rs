@@ -35,6 +35,8 @@ pub struct StoredAnswer {
     pub status: u16,
     pub content_type: String,
     pub retry_after: Option<u64>,
+    /// The resource an accepted asynchronous send created (`Location`).
+    pub location: Option<String>,
     pub body: Bytes,
 }
 

@@ -66,6 +66,8 @@ enum Record {
         content_type: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<String>,
         body: String,
     },
 }
@@ -194,12 +196,14 @@ impl RedisIdempotency {
                         status,
                         content_type,
                         retry_after,
+                        location,
                         body,
                         ..
                     } => Begin::Replay(StoredAnswer {
                         status,
                         content_type,
                         retry_after,
+                        location,
                         body: Bytes::from(body),
                     }),
                 })
@@ -222,6 +226,7 @@ impl RedisIdempotency {
             status: answer.status,
             content_type: answer.content_type,
             retry_after: answer.retry_after,
+            location: answer.location,
             body: String::from_utf8_lossy(&answer.body).into_owned(),
         };
         let record = serde_json::to_string(&record)

@@ -47,6 +47,7 @@ pub async fn deliver(
                 status: 200,
                 content_type: "application/json".into(),
                 retry_after: None,
+                location: None,
                 body: serde_json::to_vec(&body).unwrap_or_default().into(),
             };
             (answer, outcome)
@@ -75,6 +76,7 @@ fn problem_answer(problem: Problem) -> StoredAnswer {
         status: problem.status,
         content_type: PROBLEM_CONTENT_TYPE.into(),
         retry_after: problem.retry_after,
+        location: None,
         body: serde_json::to_vec(&problem).unwrap_or_default().into(),
     }
 }
@@ -88,6 +90,17 @@ pub fn answer_response(answer: StoredAnswer, replayed: bool) -> Response {
     }
     if let Some(seconds) = answer.retry_after {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some(location) = answer
+        .location
+        .as_deref()
+        .and_then(|l| HeaderValue::from_str(l).ok())
+    {
+        headers.insert(header::LOCATION, location);
+        headers.insert(
+            "preference-applied",
+            HeaderValue::from_static("respond-async"),
+        );
     }
     if replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));

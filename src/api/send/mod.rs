@@ -3,6 +3,7 @@
 mod answer;
 mod input;
 mod keys;
+mod queued;
 pub mod schema;
 
 use axum::Json;
@@ -25,7 +26,10 @@ use crate::jelou::FlowRequest;
 use answer::{answer_response, deliver, log_failure};
 pub use input::TIMEOUT_HEADER;
 use keys::Claim;
-use schema::{FlowMessageRequest, SendOutcome, SendParams, ValidatedResponse, ValidatedStatus};
+pub use queued::refusal as queue_refusal;
+use schema::{
+    FlowMessageRequest, QueuedResponse, SendOutcome, SendParams, ValidatedResponse, ValidatedStatus,
+};
 
 /// Send a WhatsApp Flow message through Jelou.
 #[utoipa::path(
@@ -39,12 +43,18 @@ use schema::{FlowMessageRequest, SendOutcome, SendParams, ValidatedResponse, Val
             description = "1 to 255 printable ASCII characters. The same key and message within the retention period replay the stored answer (with `Idempotent-Replayed: true`) without calling Jelou."),
         ("X-Request-Timeout-Ms" = Option<u64>, Header, nullable = false, minimum = 1,
             description = "A shorter deadline for this request, in milliseconds; the relay's own deadline is the most."),
+        ("Prefer" = Option<String>, Header, nullable = false,
+            description = "`respond-async` (RFC 7240): queue the message and answer 202 at once with its id; the relay sends it, paced by the bot and recipient limits, and `GET /v1/flow-messages/{id}` tells its fate. Ignored (a synchronous send) when asynchronous sending is disabled."),
+        ("X-Message-Ttl-Seconds" = Option<u64>, Header, nullable = false, minimum = 1,
+            description = "With `Prefer: respond-async`: how long the relay may keep trying, 1 to `async.max_ttl_seconds` (default `async.ttl_seconds`); out of range: 422 `validation_failed`."),
         ("X-Request-Id" = Option<String>, Header, nullable = false,
             description = "Kept when 1 to 128 characters of letters, digits and `-_.:`; generated otherwise. Returned, logged and sent to Jelou."),
     ),
     request_body(content = FlowMessageRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Sent (or validated, on a dry run)", body = SendOutcome),
+        (status = 202, description = "Queued (`Prefer: respond-async`): `Location` names the status, `Preference-Applied: respond-async`", body = QueuedResponse,
+            headers(("Location" = String, description = "/v1/flow-messages/{id}"), ("Preference-Applied" = String, description = "respond-async"))),
         (status = 401, description = "`unauthorized`: no or a wrong `Authorization: Bearer` key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden_bot`: this caller may not use this bot", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "`request_timeout`: the body did not arrive in time", body = Problem, content_type = "application/problem+json"),
@@ -58,7 +68,7 @@ use schema::{FlowMessageRequest, SendOutcome, SendParams, ValidatedResponse, Val
         (status = 422, description = "`validation_failed`, `unknown_bot`, `upstream_rejected` or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`rate_limited`: a bot or recipient rate limit, or Jelou, asks to slow down; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "`upstream_unavailable` or `upstream_auth_failed`; or `send_interrupted`: the replica that was sending with this Idempotency-Key stopped before recording an answer (delivery `unknown`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`overloaded` (the relay sheds load, or the shared store is unreachable with `fail_closed`), or `upstream_unavailable` with Retry-After (Jelou said when to come back)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` (the relay sheds load, the queue is full, or the shared store is unreachable with `fail_closed`; an asynchronous send is refused whenever its store is unreachable), or `upstream_unavailable` with Retry-After (Jelou said when to come back)", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "`deadline_exceeded`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -109,7 +119,22 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
     )
     .await
     .map_err(|_elapsed| ApiError::RequestTimeout)??;
-    let (message, bot) = parse_message(&state, &bytes)?;
+    // With the queue on, `Prefer: respond-async` queues the message (validated first).
+    let asynchronous = state.queue.is_some() && queued::prefers_async(headers);
+    let ttl = if asynchronous {
+        let config = &state.asynchronous;
+        Some(queued::ttl(headers, config.ttl, config.max_ttl))
+    } else {
+        None
+    };
+    let (message, bot) = match (parse_message(&state, &bytes), ttl.clone()) {
+        (Err(ApiError::Validation(mut errors)), Some(Err(ApiError::Validation(more)))) => {
+            errors.extend(more);
+            return Err(ApiError::Validation(errors));
+        }
+        (Err(error), _) | (Ok(_), Some(Err(error))) => return Err(error),
+        (Ok(parsed), _) => parsed,
+    };
 
     let span = Span::current();
     tracing::record_all!(
@@ -140,6 +165,10 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
             Claim::Answered(response) => return Ok(response),
         },
     };
+
+    if let Some(Ok(ttl)) = ttl {
+        return queued::enqueue(&state, inbound.caller, &request, ttl, reserved).await;
+    }
 
     // Once sending starts it runs to its end even if the caller hangs up, so that its
     // outcome is logged and, with a key, stored for the caller's retry.

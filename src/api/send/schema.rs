@@ -127,6 +127,25 @@ pub struct ValidatedResponse {
     pub upstream_request: UpstreamRequestView,
 }
 
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueuedStatus {
+    Queued,
+}
+
+/// `Prefer: respond-async`: the message is queued; `Location` names its status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuedResponse {
+    pub status: QueuedStatus,
+    /// The message's id: opaque, URL-safe, at most 64 characters.
+    pub id: String,
+    pub request_id: String,
+    pub bot: String,
+    pub to: String,
+    /// RFC 3339: not sent by then, the message is `expired`.
+    pub expires_at: String,
+}
+
 /// A 200 answer: sent, or validated on a dry run.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]

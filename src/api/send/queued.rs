@@ -1,0 +1,160 @@
+//! `Prefer: respond-async`: the message is queued and answered 202 with its id; the
+//! queue's worker sends it.
+
+use std::time::Duration;
+
+use axum::response::Response;
+use http::HeaderMap;
+
+use super::answer::answer_response;
+use super::schema::{QueuedResponse, QueuedStatus};
+use crate::api::auth::Authenticated;
+use crate::api::observe::RequestOutcome;
+use crate::api::problem::ApiError;
+use crate::api::state::AppState;
+use crate::domain::FieldError;
+use crate::idempotency::{Reservation, StoredAnswer};
+use crate::jelou::FlowRequest;
+use crate::queue::message::{new_id, now_ms};
+use crate::queue::worker::log_change;
+use crate::queue::{Message, QueueError, Status};
+
+pub const TTL_HEADER: &str = "x-message-ttl-seconds";
+
+/// Whether the caller prefers an asynchronous answer (RFC 7240 `Prefer: respond-async`,
+/// among other preferences, in any case).
+pub fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|preference| {
+            let token = preference.split([';', '=']).next().unwrap_or("");
+            token.trim().eq_ignore_ascii_case("respond-async")
+        })
+}
+
+/// `X-Message-Ttl-Seconds`: 1 to `async.max_ttl_seconds`, else the default expiry.
+pub fn ttl(headers: &HeaderMap, default: Duration, max: Duration) -> Result<Duration, ApiError> {
+    let Some(value) = headers.get(TTL_HEADER) else {
+        return Ok(default);
+    };
+    let max_seconds = max.as_secs();
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|seconds| (1..=max_seconds).contains(seconds))
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            ApiError::Validation(vec![FieldError::new(
+                "X-Message-Ttl-Seconds",
+                format!("must be a whole number of seconds from 1 to {max_seconds}"),
+            )])
+        })
+}
+
+/// A message to queue for `request`, expiring after `ttl`.
+pub fn message(caller: &Authenticated, request: &FlowRequest, ttl: Duration) -> Message {
+    let now = now_ms();
+    Message {
+        id: new_id(),
+        caller: caller.name().to_string(),
+        status: Status::Queued,
+        bot: request.bot.alias.clone(),
+        to: request.recipient.as_str().to_string(),
+        attempts: 0,
+        created_ms: now,
+        updated_ms: now,
+        expires_ms: now + ttl.as_millis() as u64,
+        request_id: request.request_id.clone(),
+        traceparent: request.traceparent.clone(),
+        url: request.url.to_string(),
+        body: String::from_utf8_lossy(&request.body).into_owned(),
+        not_before_ms: 0,
+        slot_ms: None,
+        upstream: None,
+        error: None,
+        version: 0,
+    }
+}
+
+/// What a queue failure means for the caller: nothing was queued.
+pub fn refusal(error: QueueError) -> ApiError {
+    match error {
+        QueueError::Full => ApiError::QueueFull,
+        QueueError::Store(error) => {
+            tracing::warn!(%error, "send refused: the queue's store is unreachable");
+            ApiError::StoreUnavailable(
+                "the queue's store is unreachable; nothing was queued, retry shortly".into(),
+            )
+        }
+    }
+}
+
+/// The 202 for a queued message, as stored for replay.
+pub fn accepted(message: &Message) -> StoredAnswer {
+    let body = QueuedResponse {
+        status: QueuedStatus::Queued,
+        id: message.id.clone(),
+        request_id: message.request_id.clone(),
+        bot: message.bot.clone(),
+        to: message.to.clone(),
+        expires_at: crate::queue::message::rfc3339(message.expires_ms),
+    };
+    StoredAnswer {
+        status: 202,
+        content_type: "application/json".into(),
+        retry_after: None,
+        location: Some(format!("/v1/flow-messages/{}", message.id)),
+        body: serde_json::to_vec(&body).unwrap_or_default().into(),
+    }
+}
+
+/// Queues `request`; the 202, or why nothing was queued. The key, when held, is
+/// completed with the 202 or released.
+pub async fn enqueue(
+    state: &AppState,
+    caller: &Authenticated,
+    request: &FlowRequest,
+    ttl: Duration,
+    key: Option<Reservation>,
+) -> Result<Response, ApiError> {
+    let Some(queue) = state.queue.as_ref() else {
+        return Err(ApiError::Internal);
+    };
+    let message = message(caller, request, ttl);
+    let queued = queue
+        .enqueue(
+            std::slice::from_ref(&message),
+            state.asynchronous.max_queued,
+        )
+        .await;
+    let answer = match queued {
+        Ok(()) => {
+            log_change(&message);
+            state.wake.notify_one();
+            accepted(&message)
+        }
+        Err(error) => {
+            let error = refusal(error);
+            if let Some(key) = &key
+                && let Err(error) = state.idempotency.release(key).await
+            {
+                tracing::error!(%error, "could not release the Idempotency-Key");
+            }
+            return Err(error);
+        }
+    };
+    if let Some(key) = &key
+        && let Err(error) = state.idempotency.complete(key, answer.clone()).await
+    {
+        tracing::error!(%error, "could not record the idempotent answer");
+    }
+    let mut response = answer_response(answer, false);
+    response
+        .extensions_mut()
+        .insert(RequestOutcome::new("queued"));
+    Ok(response)
+}
