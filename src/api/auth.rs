@@ -271,6 +271,15 @@ pub fn hash_key(key: &[u8]) -> String {
         .collect()
 }
 
+/// A governor quota for a caller's `rate`; settings are validated positive at start-up.
+fn quota(rate: &crate::domain::RateSettings) -> governor::Quota {
+    let period = std::time::Duration::from_secs_f64(1.0 / rate.rate_per_second.max(1e-9));
+    let burst = NonZeroU32::new(rate.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    governor::Quota::with_period(period.max(std::time::Duration::from_nanos(1)))
+        .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,13 +305,4 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
-}
-
-/// A governor quota for a caller's `rate`; settings are validated positive at start-up.
-fn quota(rate: &crate::domain::RateSettings) -> governor::Quota {
-    let period = std::time::Duration::from_secs_f64(1.0 / rate.rate_per_second.max(1e-9));
-    let burst = NonZeroU32::new(rate.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    governor::Quota::with_period(period.max(std::time::Duration::from_nanos(1)))
-        .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(burst)
 }

@@ -53,7 +53,38 @@ fn loopback_http_is_allowed_in_production() {
     s.upstream.client_id = Some("id".into());
     s.upstream.client_secret = Some(SecretString::from("secret"));
     s.auth.mode = AuthMode::None;
+    s.asynchronous.enabled = false;
     assert!(s.validate(Environment::Production).is_ok());
+}
+
+#[test]
+fn production_refuses_a_queue_in_memory_and_names_both_fixes() {
+    let mut s = settings();
+    s.upstream.mode = UpstreamMode::Jelou;
+    s.upstream.base_url = "http://127.0.0.1:9999".into();
+    s.upstream.client_id = Some("id".into());
+    s.upstream.client_secret = Some(SecretString::from("secret"));
+    s.auth.mode = AuthMode::None;
+    s.asynchronous.enabled = true;
+    let errors = s.validate(Environment::Production).unwrap_err();
+    assert_eq!(keys(errors.clone()), ["async.enabled"]);
+    let text = errors.to_string();
+    assert!(
+        text.contains("store.backend = \"redis\"") && text.contains("async.enabled = false"),
+        "{text}"
+    );
+    // Local mode keeps the queue in the process (logged at exit).
+    assert!(s.validate(Environment::Local).is_ok());
+}
+
+#[test]
+fn the_default_expiry_must_fit_the_longest() {
+    let mut s = settings();
+    s.asynchronous.ttl_seconds = 90_000;
+    assert_eq!(
+        keys(s.validate(Environment::Local).unwrap_err()),
+        ["async.ttl_seconds"]
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod hostile;
 mod idempotency;
 mod openapi;
 mod properties;
+mod queued;
 mod rate_limits;
 mod send;
 mod tracing;

@@ -1,5 +1,5 @@
 //! The committed OpenAPI document matches the one the code generates.
-//! Regenerate with `UPDATE_OPENAPI=1 cargo test --test openapi`.
+//! Regenerate with `UPDATE_OPENAPI=1 cargo test --test app openapi`.
 
 use jelou_relay::api::openapi::document_json;
 use serde_json::Value;
@@ -15,7 +15,7 @@ fn committed_document_is_in_sync() {
     let committed = std::fs::read_to_string(COMMITTED).unwrap_or_default();
     assert!(
         committed == generated,
-        "{COMMITTED} is stale: run `UPDATE_OPENAPI=1 cargo test --test openapi` and commit it"
+        "{COMMITTED} is stale: run `UPDATE_OPENAPI=1 cargo test --test app openapi` and commit it"
     );
 }
 
