@@ -166,6 +166,10 @@ impl QueueStore for MemoryQueue {
         Ok(())
     }
 
+    async fn next_due(&self) -> Result<Option<u64>, QueueError> {
+        Ok(self.lock().waiting.first().map(|(at, _)| *at))
+    }
+
     async fn lapsed(&self, now: u64) -> Result<Vec<String>, QueueError> {
         let inner = self.lock();
         Ok(inner

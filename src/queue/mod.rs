@@ -95,6 +95,8 @@ pub trait QueueStore: Send + Sync + std::fmt::Debug {
     async fn drop_entry(&self, entry: &str) -> Result<(), QueueError>;
     /// Moves messages whose wait is over to the ready queue.
     async fn promote(&self, now_ms: u64) -> Result<(), QueueError>;
+    /// When the next waiting message is due (ms since the epoch), if any waits.
+    async fn next_due(&self) -> Result<Option<u64>, QueueError>;
     /// Messages whose attempt lease passed without an answer.
     async fn lapsed(&self, now_ms: u64) -> Result<Vec<String>, QueueError>;
     async fn depth(&self) -> Result<Depth, QueueError>;

@@ -403,6 +403,23 @@ impl QueueStore for RedisQueue {
         Ok(())
     }
 
+    async fn next_due(&self) -> Result<Option<u64>, QueueError> {
+        let waiting = self.key("waiting");
+        let first: Vec<(String, f64)> = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                redis::cmd("ZRANGE")
+                    .arg(&waiting)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        Ok(first.first().map(|(_, at)| *at as u64))
+    }
+
     async fn lapsed(&self, now_ms: u64) -> Result<Vec<String>, QueueError> {
         let leases = self.key("leases");
         Ok(self

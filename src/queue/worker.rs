@@ -71,9 +71,16 @@ impl Worker {
                 }
             };
             if taken.is_empty() {
+                // Until the next message is due (so paced messages leave on their
+                // reserved time, not on the poll's), a wake-up, or the poll.
+                let next = match self.queue.next_due().await {
+                    Ok(Some(at)) => Duration::from_millis(at.saturating_sub(now_ms())),
+                    _ => POLL,
+                };
+                let pause = next.clamp(Duration::from_millis(1), POLL);
                 tokio::select! {
                     () = self.wake.notified() => {}
-                    () = tokio::time::sleep(POLL) => {}
+                    () = tokio::time::sleep(pause) => {}
                     _ = draining.changed() => {}
                 }
                 continue;

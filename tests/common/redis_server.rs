@@ -1,4 +1,5 @@
-//! A real `redis-server` per test, on a free loopback port, with no persistence; it can
+//! A real `redis-server` per test, on a free loopback port, without persistence unless
+//! asked for (an append-only file that survives a kill); it can
 //! be stopped, restarted on the same port, paused (SIGSTOP: it accepts connections but
 //! never answers) and resumed.
 
@@ -39,6 +40,8 @@ pub struct RedisServer {
     pub port: u16,
     /// TLS only: the server's certificate and key, and the CA that signed it.
     tls: Option<TlsFiles>,
+    /// With persistence (AOF, fsync always) in this folder: data survives a kill.
+    persist: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone)]
@@ -123,6 +126,20 @@ impl RedisServer {
             child: None,
             port,
             tls: None,
+            persist: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// A server that writes every change to an append-only file in `dir` before
+    /// answering, so a killed and restarted server keeps its data.
+    pub fn start_persistent(dir: &std::path::Path) -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            tls: None,
+            persist: Some(dir.to_path_buf()),
         };
         server.spawn();
         server
@@ -135,6 +152,7 @@ impl RedisServer {
             child: None,
             port,
             tls: Some(files),
+            persist: None,
         };
         server.spawn();
         server
@@ -165,14 +183,24 @@ impl RedisServer {
                 "no",
             ]),
         };
+        match &self.persist {
+            // Every write on disk before it is answered, as a queue's Redis runs.
+            Some(dir) => command.args([
+                "--dir",
+                dir.to_str().expect("a UTF-8 path"),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ]),
+            None => command.args(["--appendonly", "no"]),
+        };
         let child = command
             .args([
                 "--bind",
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
                 "--protected-mode",
                 "no",
             ])

@@ -8,21 +8,25 @@ use crate::common::*;
 use axum::Router;
 use serde_json::{Value, json};
 
-/// A Jelou stand-in that notes when each message arrives and accepts it after `delay`.
+/// A Jelou stand-in that notes when each message arrives, and to whom, and accepts it
+/// after `delay`.
 #[derive(Clone)]
 struct Upstream {
     uri: String,
     arrivals: Arc<Mutex<Vec<Instant>>>,
+    paths: Arc<Mutex<Vec<String>>>,
 }
 
 impl Upstream {
     async fn start(delay: Duration) -> Upstream {
         let arrivals = Arc::new(Mutex::new(Vec::new()));
-        let noted = arrivals.clone();
-        let app = Router::new().fallback(move || {
-            let noted = noted.clone();
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let (noted, noted_paths) = (arrivals.clone(), paths.clone());
+        let app = Router::new().fallback(move |uri: axum::http::Uri| {
+            let (noted, noted_paths) = (noted.clone(), noted_paths.clone());
             async move {
                 noted.lock().unwrap().push(Instant::now());
+                noted_paths.lock().unwrap().push(uri.path().to_string());
                 tokio::time::sleep(delay).await;
                 axum::Json(json!({"id": "wamid.1"}))
             }
@@ -30,7 +34,20 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Upstream { uri, arrivals }
+        Upstream {
+            uri,
+            arrivals,
+            paths,
+        }
+    }
+
+    /// How many times each path (one per recipient) was called.
+    fn per_path(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for path in self.paths.lock().unwrap().iter() {
+            *counts.entry(path.clone()).or_insert(0) += 1;
+        }
+        counts
     }
 
     fn calls(&self) -> usize {
@@ -98,5 +115,6 @@ async fn post(
 }
 
 mod outages;
+mod queue;
 mod replicas;
 mod stalls;
