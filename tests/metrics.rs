@@ -10,6 +10,8 @@ use serde_json::json;
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+const QUEUE_KEY: &str = "campaigns-key-0123456789abcdef";
+
 /// The value of the first sample of `name` carrying every `label="value"` pair.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
@@ -42,6 +44,15 @@ async fn metrics_count_requests_attempts_retries_limits_and_replays() {
             bots: None,
             rate_per_second: Some(0.01),
             burst: Some(3),
+        },
+    );
+    settings.callers.insert(
+        "campaigns".into(),
+        CallerSettings {
+            key_sha256: Some(jelou_relay::api::auth::hash_key(QUEUE_KEY.as_bytes())),
+            bots: None,
+            rate_per_second: None,
+            burst: None,
         },
     );
     let app = spawn_with(settings).await;
@@ -164,6 +175,47 @@ async fn metrics_count_requests_attempts_retries_limits_and_replays() {
         ),
         Some(1.0)
     );
+
+    // An asynchronous send: its status changes are counted, and the queue reported.
+    let queue_auth = format!("Bearer {QUEUE_KEY}");
+    let queued = app
+        .send_with(
+            &seed_message(),
+            &[("authorization", &queue_auth), ("prefer", "respond-async")],
+        )
+        .await;
+    assert_eq!(queued.status(), 202);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = app
+            .client
+            .get(format!("{}/metrics", app.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let count = |status| {
+            sample(
+                &text,
+                "jelou_relay_async_messages_total",
+                &[("status", status)],
+            )
+        };
+        let depth = sample(&text, "jelou_relay_queue_depth", &[]);
+        if count("sent") == Some(1.0) && depth == Some(0.0) {
+            assert_eq!(count("queued"), Some(1.0), "{text}");
+            assert_eq!(count("sending"), Some(1.0), "{text}");
+            assert_eq!(
+                sample(&text, "jelou_relay_queue_oldest_seconds", &[]),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let on_main_port = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(

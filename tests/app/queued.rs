@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use jelou_relay::config::{CallerSettings, Settings};
+use jelou_relay::config::{CallerSettings, FailureMode, Settings};
 use serde_json::{Value, json};
 use wiremock::matchers::{any, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -541,6 +541,26 @@ async fn with_the_queue_off_the_preference_is_ignored(backend: Backend) {
         "not_found",
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_unreachable_store_refuses_acceptance_in_both_failure_modes() {
+    if !redis_available() {
+        return;
+    }
+    for mode in [FailureMode::FailOpen, FailureMode::FailClosed] {
+        let jelou = MockServer::start().await;
+        accept_all(&jelou).await;
+        let mut settings = settings(&jelou);
+        settings.store.failure_mode = mode;
+        let mut app = spawn_on(Backend::Redis, settings).await;
+        app.redis.as_mut().unwrap().stop();
+        let response = app.send_with(&seed_message(), &[ASYNC]).await;
+        assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+        let problem = assert_problem(response, 503, "overloaded").await;
+        assert_eq!(problem["delivery"], "not_sent", "{mode:?}");
+        assert_eq!(calls(&jelou).await, 0, "{mode:?}");
+    }
 }
 
 on_both_backends!(

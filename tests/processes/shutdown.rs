@@ -158,3 +158,52 @@ fn healthcheck_follows_readiness() {
     assert!(!down.status.success());
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach"));
 }
+
+#[test]
+fn messages_still_queued_in_memory_are_logged_one_per_line_at_exit() {
+    // Local defaults: sandbox, the memory store, asynchronous sending on. One message
+    // per recipient at a time: the second and third to the same recipient wait.
+    let mut relay = RelayProcess::start(&[
+        ("JELOU_RELAY__RECIPIENTS__RATE_PER_SECOND", "0.01"),
+        ("JELOU_RELAY__RECIPIENTS__BURST", "1"),
+    ]);
+    let url = relay.url("/v1/flow-messages");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ids: Vec<String> = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let response = client
+                .post(&url)
+                .header("prefer", "respond-async")
+                .json(&seed_message())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 202);
+            let body: serde_json::Value = response.json().await.unwrap();
+            ids.push(body["id"].as_str().unwrap().to_string());
+        }
+        ids
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(relay.terminate(Duration::from_secs(20)).success());
+    let logs = relay.output();
+    let lost: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| {
+            event["fields"]["message"]
+                == "queued message not sent: the queue lives in this process, which is exiting"
+        })
+        .collect();
+    let logged: Vec<&str> = lost
+        .iter()
+        .map(|event| event["fields"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(logged, [ids[1].as_str(), ids[2].as_str()], "{logs}");
+    for event in &lost {
+        assert_eq!(event["fields"]["bot"], "ventas");
+        assert_eq!(event["fields"]["to"], "593******321");
+    }
+}
