@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::message::now_ms;
 use super::{AsyncConfig, Message, MessageError, Placement, QueueStore, Status, Taken};
@@ -91,10 +92,20 @@ impl Worker {
                 };
                 let worker = self.clone();
                 let draining = draining.clone();
-                tasks.spawn(async move {
-                    worker.handle(taken, draining).await;
-                    drop(slot);
-                });
+                // The message's lines carry its id, its caller's request id and its bot.
+                let span = tracing::info_span!(
+                    "queued",
+                    id = %taken.message.id,
+                    request_id = %taken.message.request_id,
+                    bot = %taken.message.bot,
+                );
+                tasks.spawn(
+                    async move {
+                        worker.handle(taken, draining).await;
+                        drop(slot);
+                    }
+                    .instrument(span),
+                );
             }
         }
         let out = tasks.len();

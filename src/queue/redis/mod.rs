@@ -9,7 +9,7 @@
 //! start its attempt. Entries are acknowledged and deleted as their message moves on,
 //! so the stream holds only what is ready or being taken.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,61 +20,13 @@ use tokio::time::Instant;
 use super::{Depth, Message, Placement, QueueError, QueueStore, Taken};
 use crate::store::{RedisStore, StoreError};
 
+mod scripts;
+mod stream;
+
+use scripts::{CHANGE, ENQUEUE, PROMOTE};
+use stream::entry_message;
+
 const GROUP: &str = "relay";
-
-/// KEYS: open, stream, then one hash per message. ARGV: max_queued, then per message
-/// id, JSON, created ms, TTL ms. Returns 0 when the queue is full (nothing queued).
-const ENQUEUE: &str = r#"
-local max = tonumber(ARGV[1])
-local n = #KEYS - 2
-if redis.call('ZCARD', KEYS[1]) + n > max then return 0 end
-for i = 1, n do
-  local base = 1 + (i - 1) * 4
-  local id = ARGV[base + 1]
-  redis.call('HSET', KEYS[2 + i], 'version', 1, 'status', 'queued', 'json', ARGV[base + 2])
-  redis.call('PEXPIRE', KEYS[2 + i], ARGV[base + 4])
-  redis.call('ZADD', KEYS[1], ARGV[base + 3], id)
-  redis.call('XADD', KEYS[2], '*', 'id', id)
-end
-return 1
-"#;
-
-/// KEYS: hash, stream, waiting, leases, open. ARGV: id, version read, status, JSON,
-/// entry to acknowledge ('' for none), placement (due, leased, final), its time (ms
-/// since the epoch) or the retention (ms). Returns the new version, 0 when another
-/// writer came first, -1 when the message is gone.
-const CHANGE: &str = r#"
-local v = redis.call('HGET', KEYS[1], 'version')
-if not v then return -1 end
-if v ~= ARGV[2] then return 0 end
-local nv = tonumber(v) + 1
-redis.call('HSET', KEYS[1], 'version', nv, 'status', ARGV[3], 'json', ARGV[4])
-if ARGV[5] ~= '' then
-  redis.call('XACK', KEYS[2], 'relay', ARGV[5])
-  redis.call('XDEL', KEYS[2], ARGV[5])
-end
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-if ARGV[6] == 'due' then
-  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
-elseif ARGV[6] == 'leased' then
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
-else
-  redis.call('ZREM', KEYS[5], ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[7])
-end
-return nv
-"#;
-
-/// KEYS: waiting, stream. ARGV: now (ms), most to move. Moves what is due to the stream.
-const PROMOTE: &str = r#"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, id in ipairs(due) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('XADD', KEYS[2], '*', 'id', id)
-end
-return #due
-"#;
 
 /// Messages moved to the stream per promotion call.
 const PROMOTE_BATCH: usize = 500;
@@ -111,17 +63,6 @@ fn consumer_name() -> String {
     format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
 }
 
-type StreamEntries = Vec<(String, Vec<String>)>;
-
-/// The message id in an entry's fields (`id`, then the id).
-fn entry_message(fields: &[String]) -> Option<&str> {
-    fields
-        .chunks(2)
-        .find(|pair| pair.first().is_some_and(|f| f == "id"))
-        .and_then(|pair| pair.get(1))
-        .map(String::as_str)
-}
-
 impl RedisQueue {
     pub fn new(store: Arc<RedisStore>, claim_idle: Duration, retention: Duration) -> Self {
         RedisQueue {
@@ -137,113 +78,12 @@ impl RedisQueue {
         }
     }
 
-    fn key(&self, part: &str) -> String {
+    pub(super) fn key(&self, part: &str) -> String {
         self.store.key(&["queue", part])
     }
 
     fn message_key(&self, id: &str) -> String {
         self.store.key(&["msg", id])
-    }
-
-    /// Creates the stream and its group once (from the start of the stream, so that
-    /// entries written before the group existed are read too).
-    async fn ensure_group(&self) -> Result<(), StoreError> {
-        if self.group_ready.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let stream = self.key("stream");
-        let created: Result<(), StoreError> = self
-            .store
-            .run("queue", async |c: &mut MultiplexedConnection| {
-                let result: redis::RedisResult<()> = redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .query_async(c)
-                    .await;
-                match result {
-                    Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
-                    other => other,
-                }
-            })
-            .await;
-        created?;
-        self.group_ready.store(true, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Entries idle past the claim time, taken over from the replica that held them.
-    async fn claim_idle(&self, max: usize) -> Result<StreamEntries, StoreError> {
-        {
-            let mut last = self.last_claim.lock().unwrap_or_else(|p| p.into_inner());
-            let every = (self.claim_idle / 2).max(Duration::from_millis(100));
-            if last.is_some_and(|at| at.elapsed() < every) {
-                return Ok(Vec::new());
-            }
-            *last = Some(Instant::now());
-        }
-        let stream = self.key("stream");
-        let idle = self.claim_idle.as_millis() as u64;
-        let reply: redis::Value = self
-            .store
-            .run("queue", async |c: &mut MultiplexedConnection| {
-                redis::cmd("XAUTOCLAIM")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg(&self.consumer)
-                    .arg(idle)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(max)
-                    .query_async(c)
-                    .await
-            })
-            .await?;
-        // [next cursor, entries, deleted ids]; a deleted entry may show as nil.
-        let redis::Value::Array(parts) = reply else {
-            return Ok(Vec::new());
-        };
-        let Some(redis::Value::Array(entries)) = parts.into_iter().nth(1) else {
-            return Ok(Vec::new());
-        };
-        Ok(entries
-            .into_iter()
-            .filter_map(|entry| redis::from_redis_value::<(String, Vec<String>)>(entry).ok())
-            .collect())
-    }
-
-    async fn read_new(&self, max: usize) -> Result<StreamEntries, StoreError> {
-        let stream = self.key("stream");
-        let reply: Result<Option<Vec<(String, StreamEntries)>>, StoreError> = self
-            .store
-            .run("queue", async |c: &mut MultiplexedConnection| {
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(&self.consumer)
-                    .arg("COUNT")
-                    .arg(max)
-                    .arg("STREAMS")
-                    .arg(&stream)
-                    .arg(">")
-                    .query_async(c)
-                    .await
-            })
-            .await;
-        match reply {
-            Ok(reply) => Ok(reply
-                .into_iter()
-                .flatten()
-                .flat_map(|(_, entries)| entries)
-                .collect()),
-            Err(error) => {
-                // Redis lost the group (restarted without persistence): make it again.
-                self.group_ready.store(false, Ordering::Relaxed);
-                Err(error)
-            }
-        }
     }
 
     /// The messages of `ids`, each with its stored version.

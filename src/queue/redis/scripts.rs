@@ -1,0 +1,55 @@
+//! The queue's Lua scripts: each change is one atomic step in Redis.
+
+/// KEYS: open, stream, then one hash per message. ARGV: max_queued, then per message
+/// id, JSON, created ms, TTL ms. Returns 0 when the queue is full (nothing queued).
+pub(super) const ENQUEUE: &str = r#"
+local max = tonumber(ARGV[1])
+local n = #KEYS - 2
+if redis.call('ZCARD', KEYS[1]) + n > max then return 0 end
+for i = 1, n do
+  local base = 1 + (i - 1) * 4
+  local id = ARGV[base + 1]
+  redis.call('HSET', KEYS[2 + i], 'version', 1, 'status', 'queued', 'json', ARGV[base + 2])
+  redis.call('PEXPIRE', KEYS[2 + i], ARGV[base + 4])
+  redis.call('ZADD', KEYS[1], ARGV[base + 3], id)
+  redis.call('XADD', KEYS[2], '*', 'id', id)
+end
+return 1
+"#;
+
+/// KEYS: hash, stream, waiting, leases, open. ARGV: id, version read, status, JSON,
+/// entry to acknowledge ('' for none), placement (due, leased, final), its time (ms
+/// since the epoch) or the retention (ms). Returns the new version, 0 when another
+/// writer came first, -1 when the message is gone.
+pub(super) const CHANGE: &str = r#"
+local v = redis.call('HGET', KEYS[1], 'version')
+if not v then return -1 end
+if v ~= ARGV[2] then return 0 end
+local nv = tonumber(v) + 1
+redis.call('HSET', KEYS[1], 'version', nv, 'status', ARGV[3], 'json', ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('XACK', KEYS[2], 'relay', ARGV[5])
+  redis.call('XDEL', KEYS[2], ARGV[5])
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if ARGV[6] == 'due' then
+  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
+elseif ARGV[6] == 'leased' then
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
+else
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+end
+return nv
+"#;
+
+/// KEYS: waiting, stream. ARGV: now (ms), most to move. Moves what is due to the stream.
+pub(super) const PROMOTE: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('XADD', KEYS[2], '*', 'id', id)
+end
+return #due
+"#;

@@ -1,0 +1,125 @@
+//! Reading the stream as one consumer of the group: new entries, and entries another
+//! consumer took and left idle past the claim time.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
+
+use super::{GROUP, RedisQueue};
+use crate::store::StoreError;
+
+pub(super) type StreamEntries = Vec<(String, Vec<String>)>;
+
+/// The message id in an entry's fields (`id`, then the id).
+pub(super) fn entry_message(fields: &[String]) -> Option<&str> {
+    fields
+        .chunks(2)
+        .find(|pair| pair.first().is_some_and(|f| f == "id"))
+        .and_then(|pair| pair.get(1))
+        .map(String::as_str)
+}
+
+impl RedisQueue {
+    /// Creates the stream and its group once (from the start of the stream, so that
+    /// entries written before the group existed are read too).
+    pub(super) async fn ensure_group(&self) -> Result<(), StoreError> {
+        if self.group_ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let stream = self.key("stream");
+        let created: Result<(), StoreError> = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                let result: redis::RedisResult<()> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(c)
+                    .await;
+                match result {
+                    Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+                    other => other,
+                }
+            })
+            .await;
+        created?;
+        self.group_ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Entries idle past the claim time, taken over from the replica that held them.
+    pub(super) async fn claim_idle(&self, max: usize) -> Result<StreamEntries, StoreError> {
+        {
+            let mut last = self.last_claim.lock().unwrap_or_else(|p| p.into_inner());
+            let every = (self.claim_idle / 2).max(Duration::from_millis(100));
+            if last.is_some_and(|at| at.elapsed() < every) {
+                return Ok(Vec::new());
+            }
+            *last = Some(Instant::now());
+        }
+        let stream = self.key("stream");
+        let idle = self.claim_idle.as_millis() as u64;
+        let reply: redis::Value = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(idle)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        // [next cursor, entries, deleted ids]; a deleted entry may show as nil.
+        let redis::Value::Array(parts) = reply else {
+            return Ok(Vec::new());
+        };
+        let Some(redis::Value::Array(entries)) = parts.into_iter().nth(1) else {
+            return Ok(Vec::new());
+        };
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| redis::from_redis_value::<(String, Vec<String>)>(entry).ok())
+            .collect())
+    }
+
+    pub(super) async fn read_new(&self, max: usize) -> Result<StreamEntries, StoreError> {
+        let stream = self.key("stream");
+        let reply: Result<Option<Vec<(String, StreamEntries)>>, StoreError> = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg("COUNT")
+                    .arg(max)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(">")
+                    .query_async(c)
+                    .await
+            })
+            .await;
+        match reply {
+            Ok(reply) => Ok(reply
+                .into_iter()
+                .flatten()
+                .flat_map(|(_, entries)| entries)
+                .collect()),
+            Err(error) => {
+                // Redis lost the group (restarted without persistence): make it again.
+                self.group_ready.store(false, Ordering::Relaxed);
+                Err(error)
+            }
+        }
+    }
+}
