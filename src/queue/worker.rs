@@ -122,11 +122,22 @@ impl Worker {
     async fn handle(&self, taken: Taken, draining: watch::Receiver<bool>) {
         let Taken { entry, mut message } = taken;
         let now = now_ms();
-        if message.status != Status::Queued || message.not_before_ms > now + NOW_SLACK_MS {
-            // Final, being sent, or waiting elsewhere: this entry is a stale copy.
+        if message.status != Status::Queued {
+            // Final, or being sent: this entry is a stale copy.
             if let Err(error) = self.queue.drop_entry(&entry).await {
                 tracing::debug!(%error, "queue: cannot drop a stale entry");
             }
+            return;
+        }
+        if message.not_before_ms > now + NOW_SLACK_MS {
+            // Early: a stale copy, or a replica whose clock runs ahead promoted it. It
+            // goes (back) to wait for its time; never dropped, so it cannot be lost.
+            self.commit(
+                &message,
+                Placement::Due(message.not_before_ms),
+                Some(&entry),
+            )
+            .await;
             return;
         }
         if now >= message.expires_ms {
