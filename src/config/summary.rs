@@ -32,6 +32,22 @@ impl RelayConfig {
                 redis.key_prefix
             ),
         });
+        let queue = &config.asynchronous;
+        lines.push(if queue.enabled {
+            format!(
+                "async: on (Prefer: respond-async; in {}; expiry {} s by default, at most {} s; statuses kept {} s; at most {} queued)",
+                match config.store {
+                    StoreConfig::Memory => "this process",
+                    StoreConfig::Redis(_) => "Redis, shared by every replica",
+                },
+                queue.ttl.as_secs(),
+                queue.max_ttl.as_secs(),
+                queue.retention.as_secs(),
+                queue.max_queued
+            )
+        } else {
+            "async: off (Prefer: respond-async is ignored)".to_string()
+        });
         for alias in config.bots.aliases() {
             if let Ok(bot) = config.bots.resolve(Some(alias)) {
                 lines.push(format!(

@@ -58,6 +58,7 @@ fn check_config_summarises_callers_auth_admin_and_store_without_secrets() {
         "caller orders: bots ventas; rate 10/s, burst 20",
         "admin: http://0.0.0.0:9090/metrics",
         "store: memory",
+        "async: off (Prefer: respond-async is ignored)",
     ] {
         assert!(stdout.contains(expected), "{expected} in {stdout}");
     }
