@@ -257,7 +257,7 @@ impl Worker {
                     tracing::warn!(
                         id = %message.id,
                         status = message.status.as_str(),
-                        "queue: the attempt ended after its lease; the message stays unknown"
+                        "queue: the message changed while its attempt was out (its lease passed, or it is gone); its outcome is not recorded"
                     );
                     return;
                 }
