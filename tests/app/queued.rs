@@ -563,6 +563,45 @@ async fn an_unreachable_store_refuses_acceptance_in_both_failure_modes() {
     }
 }
 
+#[tokio::test]
+async fn in_redis_the_queue_lives_under_the_prefix_and_a_final_status_expires() {
+    if !redis_available() {
+        return;
+    }
+    let jelou = MockServer::start().await;
+    accept_all(&jelou).await;
+    let mut settings = settings(&jelou);
+    settings.store.key_prefix = "q-test:".into();
+    settings.asynchronous.retention_seconds = 120;
+    let app = spawn_on(Backend::Redis, settings).await;
+    let id = queue(&app, &seed_message(), &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    settled(&app, &id, "sent").await;
+    let redis = app.redis.as_ref().unwrap();
+    let keys: Vec<String> = redis
+        .cli(&["--scan", "--pattern", "*"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(keys.iter().all(|k| k.starts_with("q-test:")), "{keys:?}");
+    assert!(keys.iter().all(|k| !k.contains("987654321")), "{keys:?}");
+    let record = format!("q-test:msg:{id}");
+    assert!(keys.contains(&record), "{keys:?}");
+    let ttl: i64 = redis.cli(&["TTL", &record]).parse().unwrap();
+    assert!((100..=120).contains(&ttl), "TTL {ttl}");
+    // Nothing open is left behind: the stream and the sets are empty.
+    assert_eq!(redis.cli(&["XLEN", "q-test:queue:stream"]), "0");
+    for set in ["open", "waiting", "leases"] {
+        assert_eq!(
+            redis.cli(&["ZCARD", &format!("q-test:queue:{set}")]),
+            "0",
+            "{set}"
+        );
+    }
+}
+
 on_both_backends!(
     a_queued_message_is_answered_202_then_sent_once,
     without_the_preference_a_send_stays_synchronous,

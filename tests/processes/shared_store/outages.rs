@@ -77,6 +77,8 @@ async fn redis_holds_the_state_under_the_prefix_without_phone_numbers() {
     let upstream = Upstream::start(Duration::ZERO).await;
     let mut settings = settings_for(&upstream.uri);
     settings.store.key_prefix = "relay-test:".into();
+    // The synchronous path's keys only (the queue's are in tests/app/queued.rs).
+    settings.asynchronous.enabled = false;
     // A slow bot, so its rate state outlives the test's look at it.
     let bot = settings.bots.get_mut("ventas").unwrap();
     bot.rate_per_second = Some(1.0);
