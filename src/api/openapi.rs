@@ -18,6 +18,7 @@ use super::send;
     ),
     paths(
         send::send_flow_message,
+        send::batch::send_batch,
         messages::get_message,
         messages::cancel_message,
         health::healthz,

@@ -41,6 +41,10 @@ pub struct Problem {
     /// Seconds to wait before retrying, also sent as `Retry-After`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// A batch none of whose messages was queued: each message's outcome, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub items: Option<serde_json::Value>,
 }
 
 impl IntoResponse for Problem {
@@ -104,6 +108,10 @@ pub enum ApiError {
     MessageNotFound,
     /// The message is past `queued` (its status given).
     NotCancelable(&'static str),
+    /// A batch while `async.enabled` is false.
+    AsyncDisabled,
+    /// A batch none of whose messages could be queued; each item's outcome.
+    BatchRejected(serde_json::Value),
 }
 
 impl ApiError {
@@ -213,6 +221,18 @@ impl ApiError {
                 true,
             ),
             ApiError::MessageNotFound => (S::NOT_FOUND, "not_found", "Not found", false),
+            ApiError::AsyncDisabled => (
+                S::NOT_IMPLEMENTED,
+                "async_disabled",
+                "Asynchronous sending is disabled",
+                false,
+            ),
+            ApiError::BatchRejected(_) => (
+                S::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "No message of the batch is valid",
+                false,
+            ),
             ApiError::NotCancelable(_) => (
                 S::CONFLICT,
                 "not_cancelable",
@@ -290,6 +310,13 @@ impl ApiError {
             ApiError::MessageNotFound => {
                 "no message with this id was queued by this caller, or its status is past its retention".into()
             }
+            ApiError::AsyncDisabled => {
+                "this relay does not queue messages (async.enabled = false): nothing was queued; send them one by one, synchronously".into()
+            }
+            ApiError::BatchRejected(items) => format!(
+                "none of the {} messages could be queued; see `items`",
+                items.as_array().map_or(0, Vec::len)
+            ),
             ApiError::NotCancelable(status) => format!(
                 "the message is {status}; only a queued message can be canceled"
             ),
@@ -316,6 +343,10 @@ impl ApiError {
     pub fn into_problem(self, request_id: &str) -> Problem {
         let (status, code, title, retryable) = self.describe();
         let detail = self.detail();
+        let items = match &self {
+            ApiError::BatchRejected(items) => Some(items.clone()),
+            _ => None,
+        };
         let (errors, delivery, attempts, upstream, retry_after) = match self {
             ApiError::Validation(errors) | ApiError::UnknownBot(errors) => {
                 (errors, DeliveryState::NotSent, None, None, None)
@@ -359,6 +390,7 @@ impl ApiError {
             attempts,
             upstream,
             retry_after,
+            items,
         }
     }
 }

@@ -22,7 +22,7 @@ use super::observe::observe;
 use super::openapi::ApiDoc;
 use super::problem::ApiError;
 use super::request_id::{MakeRequestUuid, RequestId, X_REQUEST_ID, drop_unacceptable};
-use super::send::send_flow_message;
+use super::send::{send_batch, send_flow_message};
 use super::state::AppState;
 
 /// The routes and the inbound stack, kept apart from `main` so tests can drive it.
@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
     let header_limit = state.max_header_bytes;
     let api = Router::new()
         .route("/v1/flow-messages", post(send_flow_message))
+        .route("/v1/flow-messages/batch", post(send_batch))
         .route(
             "/v1/flow-messages/{id}",
             get(get_message).delete(cancel_message),

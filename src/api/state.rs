@@ -36,6 +36,8 @@ pub struct Shared {
     pub credentials: CredentialBook,
     pub base_url: Arc<Url>,
     pub body_limit: usize,
+    /// The largest batch body.
+    pub batch_body_limit: usize,
     pub sandbox: bool,
     pub delivery: Delivery,
     pub readiness: Readiness,
@@ -87,6 +89,7 @@ impl AppState {
             credentials: config.credentials.clone(),
             base_url: Arc::new(config.base_url.clone()),
             body_limit: config.body_limit_bytes,
+            batch_body_limit: config.batch_body_limit_bytes,
             sandbox: config.mode == UpstreamMode::Sandbox,
             delivery,
             readiness: Readiness::new(),

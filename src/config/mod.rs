@@ -149,6 +149,7 @@ pub struct RelayConfig {
     /// Threads serving connections (resolved: at least 1).
     pub workers: usize,
     pub body_limit_bytes: usize,
+    pub batch_body_limit_bytes: usize,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
     pub mode: UpstreamMode,

@@ -25,10 +25,20 @@ impl Settings {
             ("async.retention_seconds", a.retention_seconds),
             ("async.max_queued", a.max_queued as u64),
             ("async.backoff_cap_ms", a.backoff_cap_ms),
+            ("async.max_batch", a.max_batch as u64),
         ] {
             if value == 0 {
                 problem(key, "must be at least 1".into());
             }
+        }
+        if self.server.batch_body_limit_bytes < self.server.body_limit_bytes {
+            problem(
+                "server.batch_body_limit_bytes",
+                format!(
+                    "must be at least server.body_limit_bytes ({}): a batch holds at least one message",
+                    self.server.body_limit_bytes
+                ),
+            );
         }
         if a.claim_idle_ms < 100 {
             problem(
@@ -53,6 +63,7 @@ impl Settings {
             max_queued: a.max_queued,
             backoff_cap: Duration::from_millis(a.backoff_cap_ms),
             claim_idle: Duration::from_millis(a.claim_idle_ms),
+            max_batch: a.max_batch,
         }
     }
 }

@@ -76,6 +76,7 @@ pub struct AsyncSettings {
     pub max_queued: usize,
     pub backoff_cap_ms: u64,
     pub claim_idle_ms: u64,
+    pub max_batch: usize,
 }
 
 /// Where rate-limit state and idempotency keys live.
@@ -108,6 +109,7 @@ pub struct ServerSettings {
     pub host: String,
     pub port: u16,
     pub body_limit_bytes: usize,
+    pub batch_body_limit_bytes: usize,
     pub shutdown_delay_ms: u64,
     pub drain_timeout_ms: u64,
     pub max_in_flight: usize,

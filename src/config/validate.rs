@@ -279,6 +279,7 @@ impl Settings {
             environment,
             listen: (self.server.host.clone(), self.server.port),
             body_limit_bytes: self.server.body_limit_bytes,
+            batch_body_limit_bytes: self.server.batch_body_limit_bytes,
             shutdown_delay: Duration::from_millis(self.server.shutdown_delay_ms),
             drain_timeout: Duration::from_millis(self.server.drain_timeout_ms),
             mode: self.upstream.mode,

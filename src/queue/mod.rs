@@ -34,6 +34,8 @@ pub struct AsyncConfig {
     pub max_queued: usize,
     pub backoff_cap: Duration,
     pub claim_idle: Duration,
+    /// The most messages one batch may hold.
+    pub max_batch: usize,
 }
 
 /// Where a message goes after a change.

@@ -291,7 +291,11 @@ async fn an_expiry_out_of_range_is_a_field_error(backend: Backend) {
             .send_with(&seed_message(), &[ASYNC, ("x-message-ttl-seconds", ttl)])
             .await;
         let problem = assert_problem(response, 422, "validation_failed").await;
-        assert_eq!(error_fields(&problem), ["X-Message-Ttl-Seconds"], "{ttl}");
+        assert_eq!(
+            error_fields(&problem),
+            ["headers.x-message-ttl-seconds"],
+            "{ttl}"
+        );
     }
     // With the body's own errors, all at once.
     let mut bad = seed_message();
@@ -300,7 +304,10 @@ async fn an_expiry_out_of_range_is_a_field_error(backend: Backend) {
         .send_with(&bad, &[ASYNC, ("x-message-ttl-seconds", "0")])
         .await;
     let problem = assert_problem(response, 422, "validation_failed").await;
-    assert_eq!(error_fields(&problem), ["title", "X-Message-Ttl-Seconds"]);
+    assert_eq!(
+        error_fields(&problem),
+        ["title", "headers.x-message-ttl-seconds"]
+    );
     assert_eq!(calls(&jelou).await, 0);
 }
 

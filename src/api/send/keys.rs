@@ -11,7 +11,7 @@ use crate::api::observe::RequestOutcome;
 use crate::api::problem::ApiError;
 use crate::api::state::AppState;
 use crate::delivery::{DeliveryFailure, FailureKind};
-use crate::idempotency::{Begin, Reservation, fingerprint, scoped_key};
+use crate::idempotency::{Begin, Fingerprint, Reservation, fingerprint, scoped_key};
 use crate::jelou::FlowRequest;
 
 /// How long a claim on an Idempotency-Key outlives the request's deadline in a shared
@@ -26,16 +26,21 @@ pub enum Claim {
     Answered(Response),
 }
 
-/// Claims `key` for `request`, or answers from what the key already holds.
+/// The fingerprint a key holds for a single send: the request Jelou receives.
+pub fn of_request(request: &FlowRequest) -> Fingerprint {
+    fingerprint(&request.bot.alias, request.url.as_str(), &request.body)
+}
+
+/// Claims `key` for the request of `fingerprint`, or answers from what the key already
+/// holds.
 pub async fn claim(
     state: &AppState,
     caller: &Authenticated,
     key: &str,
-    request: &FlowRequest,
+    fingerprint: Fingerprint,
     deadline: Instant,
 ) -> Result<Claim, ApiError> {
     let scoped = scoped_key(caller.name(), key);
-    let fingerprint = fingerprint(&request.bot.alias, request.url.as_str(), &request.body);
     // A shared store keeps the claim this long; past it without an answer, the send
     // counts as interrupted (outcome unknown).
     let lease = deadline.saturating_duration_since(Instant::now()) + LEASE_MARGIN;

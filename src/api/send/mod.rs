@@ -1,6 +1,7 @@
 //! `POST /v1/flow-messages`: parse once, resolve the bot, then dry-run or deliver.
 
 mod answer;
+pub mod batch;
 mod input;
 mod keys;
 mod queued;
@@ -24,6 +25,7 @@ use crate::domain::strict_json::parse_object;
 use crate::domain::{Bot, FieldError, FlowMessage};
 use crate::jelou::FlowRequest;
 use answer::{answer_response, deliver, log_failure};
+pub use batch::send_batch;
 pub use input::TIMEOUT_HEADER;
 use keys::Claim;
 pub use queued::refusal as queue_refusal;
@@ -160,7 +162,15 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
 
     let reserved = match idempotency_key {
         None => None,
-        Some(key) => match keys::claim(&state, inbound.caller, &key, &request, deadline).await? {
+        Some(key) => match keys::claim(
+            &state,
+            inbound.caller,
+            &key,
+            keys::of_request(&request),
+            deadline,
+        )
+        .await?
+        {
             Claim::Proceed(reservation) => Some(reservation),
             Claim::Answered(response) => return Ok(response),
         },
@@ -196,6 +206,15 @@ fn parse_message(
 ) -> Result<(FlowMessage, std::sync::Arc<Bot>), ApiError> {
     let object =
         parse_object(bytes, state.max_json_depth).map_err(|e| ApiError::MalformedJson(e.0))?;
+    message_from(state, object)
+}
+
+/// The message and its bot from a JSON object (a single send's body, or an item of a
+/// batch), every field error at once.
+fn message_from(
+    state: &AppState,
+    object: serde_json::Map<String, serde_json::Value>,
+) -> Result<(FlowMessage, std::sync::Arc<Bot>), ApiError> {
     let raw_alias = object
         .get("bot")
         .and_then(serde_json::Value::as_str)

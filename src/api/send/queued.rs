@@ -49,7 +49,7 @@ pub fn ttl(headers: &HeaderMap, default: Duration, max: Duration) -> Result<Dura
         .map(Duration::from_secs)
         .ok_or_else(|| {
             ApiError::Validation(vec![FieldError::new(
-                "X-Message-Ttl-Seconds",
+                format!("headers.{TTL_HEADER}"),
                 format!("must be a whole number of seconds from 1 to {max_seconds}"),
             )])
         })
@@ -112,6 +112,24 @@ pub fn accepted(message: &Message) -> StoredAnswer {
     }
 }
 
+/// Frees the key of a request that queued nothing.
+pub async fn release(state: &AppState, key: Option<&Reservation>) {
+    if let Some(key) = key
+        && let Err(error) = state.idempotency.release(key).await
+    {
+        tracing::error!(%error, "could not release the Idempotency-Key");
+    }
+}
+
+/// Stores `answer` for the key's replays.
+pub async fn complete(state: &AppState, key: Option<&Reservation>, answer: &StoredAnswer) {
+    if let Some(key) = key
+        && let Err(error) = state.idempotency.complete(key, answer.clone()).await
+    {
+        tracing::error!(%error, "could not record the idempotent answer");
+    }
+}
+
 /// Queues `request`; the 202, or why nothing was queued. The key, when held, is
 /// completed with the 202 or released.
 pub async fn enqueue(
@@ -138,20 +156,11 @@ pub async fn enqueue(
             accepted(&message)
         }
         Err(error) => {
-            let error = refusal(error);
-            if let Some(key) = &key
-                && let Err(error) = state.idempotency.release(key).await
-            {
-                tracing::error!(%error, "could not release the Idempotency-Key");
-            }
-            return Err(error);
+            release(state, key.as_ref()).await;
+            return Err(refusal(error));
         }
     };
-    if let Some(key) = &key
-        && let Err(error) = state.idempotency.complete(key, answer.clone()).await
-    {
-        tracing::error!(%error, "could not record the idempotent answer");
-    }
+    complete(state, key.as_ref(), &answer).await;
     let mut response = answer_response(answer, false);
     response
         .extensions_mut()

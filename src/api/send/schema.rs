@@ -127,6 +127,14 @@ pub struct ValidatedResponse {
     pub upstream_request: UpstreamRequestView,
 }
 
+/// `POST /v1/flow-messages/batch`: 1 to `async.max_batch` messages.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct BatchRequest {
+    /// Each one the same object as a single send's body.
+    pub messages: Vec<FlowMessageRequest>,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum QueuedStatus {
