@@ -259,19 +259,21 @@ fn batch_messages(object: &mut Map<String, Value>, max: usize) -> Result<Vec<Val
     }
 }
 
+/// A valid item: the message and its bot.
+type Parsed = (
+    crate::domain::FlowMessage,
+    std::sync::Arc<crate::domain::Bot>,
+);
+/// A rejected item: its code and field errors.
+type Rejected = (&'static str, Vec<FieldError>);
+
 /// One item checked as a single send would be, its field paths from the batch.
 fn item_message(
     state: &AppState,
     caller: &Authenticated,
     index: usize,
     item: Value,
-) -> Result<
-    (
-        crate::domain::FlowMessage,
-        std::sync::Arc<crate::domain::Bot>,
-    ),
-    (&'static str, Vec<FieldError>),
-> {
+) -> Result<Parsed, Rejected> {
     let prefix = |errors: Vec<FieldError>| -> Vec<FieldError> {
         errors
             .into_iter()
