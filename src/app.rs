@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::api::router::{admin_router, router};
 use crate::api::state::AppState;
 use crate::api::state::Readiness;
+use crate::callbacks::sender::Sender;
 use crate::config::RelayConfig;
 use crate::domain::Recipient;
 use crate::queue::QueueStore;
@@ -56,6 +57,8 @@ pub struct Application {
     port: u16,
     /// The queue's worker, when asynchronous sending is on.
     worker: Option<Worker>,
+    /// The callback sender, when a caller has a callback URL.
+    callbacks: Option<Sender>,
 }
 
 impl Application {
@@ -88,10 +91,17 @@ impl Application {
                 Some((listener, port))
             }
         };
+        let callbacks = match &state.queue {
+            Some(queue) => {
+                Sender::new(queue.clone(), config.callbacks.clone()).map_err(StartError::Client)?
+            }
+            None => None,
+        };
         Ok(Application {
             listener,
             admin,
             worker: state.worker(),
+            callbacks,
             readiness: state.readiness.clone(),
             router: router(state),
             shutdown_delay: config.shutdown_delay,
@@ -125,6 +135,9 @@ impl Application {
         let readiness = self.readiness.clone();
         let delay = self.shutdown_delay;
         let (stop_worker, worker_draining) = tokio::sync::watch::channel(false);
+        let callbacks = self
+            .callbacks
+            .map(|sender| tokio::spawn(sender.run(worker_draining.clone())));
         let queue_worker = self.worker.map(|worker| {
             let queue = worker.queue.clone();
             (queue, tokio::spawn(worker.run(worker_draining)))
@@ -239,6 +252,10 @@ impl Application {
                 tracing::error!(%error, "the queue worker failed");
             }
             log_abandoned(queue.as_ref()).await;
+        }
+        if let Some(callbacks) = callbacks {
+            // Its tries out end within callbacks.timeout_ms; the rest wait in the store.
+            let _ = callbacks.await;
         }
         if let Ok(workers) = Arc::try_unwrap(workers) {
             workers.stop().await;

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod app;
+pub mod callbacks;
 pub mod config;
 pub mod delivery;
 pub mod domain;

@@ -46,6 +46,9 @@ enum Command {
     NewKey,
     /// Read a caller key from stdin and print its SHA-256 for callers.<name>.key_sha256.
     HashKey,
+    /// Mint a callback signing secret (Standard Webhooks: `whsec_` + base64) for
+    /// callers.<name>.callback_secret; the caller verifies callbacks with the same secret.
+    NewCallbackSecret,
     /// Serve a Jelou stand-in (flow_message API) with injected latency and faults.
     Simulate(SimulateArgs),
 }
@@ -102,6 +105,13 @@ fn main() -> ExitCode {
         }
         Command::Simulate(args) => simulate(args),
         Command::HashKey => hash_key(),
+        Command::NewCallbackSecret => match jelou_relay::callbacks::new_secret() {
+            Ok(secret) => {
+                println!("{secret}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => fail(&message),
+        },
         Command::NewKey => match api::auth::new_key() {
             Ok(key) => {
                 println!("{key}");

@@ -24,6 +24,8 @@ pub const STORE_UNAVAILABLE: &str = "jelou_relay_store_unavailable_total";
 pub const QUEUE_DEPTH: &str = "jelou_relay_queue_depth";
 pub const QUEUE_OLDEST: &str = "jelou_relay_queue_oldest_seconds";
 pub const ASYNC_MESSAGES: &str = "jelou_relay_async_messages_total";
+pub const CALLBACKS: &str = "jelou_relay_callbacks_total";
+pub const CALLBACKS_PENDING: &str = "jelou_relay_callbacks_pending";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -142,6 +144,14 @@ fn describe() {
         QUEUE_OLDEST,
         Unit::Seconds,
         "Age of the oldest asynchronous message not yet final"
+    );
+    describe_counter!(
+        CALLBACKS,
+        "Callback tries, by result (delivered, failed: tried again later, gave_up)"
+    );
+    describe_gauge!(
+        CALLBACKS_PENDING,
+        "Callbacks not yet delivered or given up, in the whole store"
     );
     describe_counter!(
         ASYNC_MESSAGES,

@@ -44,6 +44,7 @@ async fn metrics_count_requests_attempts_retries_limits_and_replays() {
             bots: None,
             rate_per_second: Some(0.01),
             burst: Some(3),
+            ..Default::default()
         },
     );
     settings.callers.insert(
@@ -53,6 +54,7 @@ async fn metrics_count_requests_attempts_retries_limits_and_replays() {
             bots: None,
             rate_per_second: None,
             burst: None,
+            ..Default::default()
         },
     );
     let app = spawn_with(settings).await;

@@ -75,7 +75,11 @@ pub async fn cancel_message(
             }
             message.set(Status::Canceled);
             let placement = Placement::Final(state.asynchronous.retention);
-            match queue.change(&message, placement, None).await {
+            let notice = message.notice(&state.subscribers);
+            match queue
+                .change(&message, placement, None, notice.as_ref())
+                .await
+            {
                 Ok(Some(_)) => {
                     log_change(&message);
                     return Ok(message.view());

@@ -1,5 +1,6 @@
 //! What every handler shares, built once from the configuration.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +59,8 @@ pub struct Shared {
     pub asynchronous: AsyncConfig,
     /// Wakes this replica's worker when a message is queued.
     pub wake: Arc<Notify>,
+    /// Callers told of their messages' final statuses.
+    pub subscribers: Arc<BTreeSet<String>>,
 }
 
 impl AppState {
@@ -108,6 +111,7 @@ impl AppState {
                 .then(|| queue::open(&store_for_queue, &config.asynchronous)),
             asynchronous: config.asynchronous.clone(),
             wake: Arc::new(Notify::new()),
+            subscribers: Arc::new(config.callbacks.endpoints.keys().cloned().collect()),
         })))
     }
 
@@ -119,6 +123,7 @@ impl AppState {
             bots: self.bots.clone(),
             config: self.asynchronous.clone(),
             wake: self.wake.clone(),
+            subscribers: self.subscribers.clone(),
         })
     }
 }

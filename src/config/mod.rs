@@ -1,6 +1,7 @@
 //! Settings: layered loading (file, environment file, env vars) and validation into a
 //! runtime configuration built of the types the modules that use them own.
 
+mod callbacks;
 mod callers;
 mod queue;
 mod settings;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use url::Url;
 
 pub use crate::api::auth::{Caller, Callers};
+pub use crate::callbacks::CallbacksConfig;
 pub use crate::delivery::{DeliveryConfig, UnsafeRetry};
 pub use crate::domain::bots::{Bot, BotLookupError, BotRegistry, DEFAULT_BOT_RATE, RateSettings};
 pub use crate::jelou::credentials::{CredentialBook, Credentials};
@@ -164,6 +166,7 @@ pub struct RelayConfig {
     pub recipients: RateSettings,
     pub idempotency: IdempotencyConfig,
     pub asynchronous: AsyncConfig,
+    pub callbacks: CallbacksConfig,
     pub store: StoreConfig,
     pub callers: Callers,
     /// Where the admin listener binds, when enabled.

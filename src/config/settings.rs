@@ -21,6 +21,7 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     #[serde(rename = "async")]
     pub asynchronous: AsyncSettings,
+    pub callbacks: CallbackSettings,
     pub store: StoreSettings,
     pub auth: AuthSettings,
     pub admin: AdminSettings,
@@ -77,6 +78,17 @@ pub struct AsyncSettings {
     pub backoff_cap_ms: u64,
     pub claim_idle_ms: u64,
     pub max_batch: usize,
+}
+
+/// Signed callbacks of final statuses, to `callers.<name>.callback_url`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackSettings {
+    pub timeout_ms: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    pub max_attempts: u32,
+    pub max_age_seconds: u64,
 }
 
 /// Where rate-limit state and idempotency keys live.
@@ -147,7 +159,7 @@ pub struct AuthSettings {
 }
 
 /// A service allowed to send. Its key is never stored, only the key's SHA-256.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerSettings {
     pub key_sha256: Option<String>,
@@ -157,6 +169,11 @@ pub struct CallerSettings {
     pub bots: Option<Vec<String>>,
     pub rate_per_second: Option<f64>,
     pub burst: Option<u32>,
+    /// Where the final statuses of this caller's asynchronous messages are POSTed.
+    pub callback_url: Option<String>,
+    /// Standard Webhooks secret (`whsec_...`) that signs them, inline or as a file.
+    pub callback_secret: Option<SecretString>,
+    pub callback_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -130,6 +130,7 @@ impl Settings {
         check_rate("recipients", &self.recipients, &mut problem);
         let store = self.store_config(&mut problem);
         let asynchronous = self.async_config(environment, &mut problem);
+        let callbacks = self.callbacks_config(production, &mut problem);
 
         let needs_credentials = self.upstream.mode == UpstreamMode::Jelou;
         let shared_id = self.upstream.client_id.clone().filter(|s| !s.is_empty());
@@ -324,6 +325,7 @@ impl Settings {
                 max_keys: self.idempotency.max_keys,
             },
             asynchronous,
+            callbacks,
             store,
         })
     }
@@ -383,7 +385,7 @@ pub(super) fn check_rate(key: &str, rate: &RateSettings, problem: &mut impl FnMu
     }
 }
 
-fn is_loopback(url: &Url) -> bool {
+pub(super) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),

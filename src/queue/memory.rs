@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::message::now_ms;
-use super::{Depth, Message, Placement, QueueError, QueueStore, Status, Taken};
+use super::{Depth, Message, Notice, Placement, QueueError, QueueStore, Status, Taken};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -23,6 +23,9 @@ struct Inner {
     retained: BTreeSet<(u64, String)>,
     /// Where each waiting or leased message is, to take it out in one step.
     placed: HashMap<String, Placed>,
+    /// Notices of final statuses, by when they are due: (due ms, id).
+    outbox: BTreeSet<(u64, String)>,
+    notices: HashMap<String, (u64, Notice)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +45,15 @@ impl Inner {
             }
             None => {}
         }
+    }
+
+    /// Puts `notice` in the outbox, due at `at` (replacing its earlier place).
+    fn schedule(&mut self, notice: Notice, at: u64) {
+        if let Some((earlier, _)) = self.notices.get(&notice.id) {
+            self.outbox.remove(&(*earlier, notice.id.clone()));
+        }
+        self.outbox.insert((at, notice.id.clone()));
+        self.notices.insert(notice.id.clone(), (at, notice));
     }
 
     fn forget_expired(&mut self, now: u64) {
@@ -98,6 +110,7 @@ impl QueueStore for MemoryQueue {
         message: &Message,
         placement: Placement,
         _entry: Option<&str>,
+        notice: Option<&Notice>,
     ) -> Result<Option<u64>, QueueError> {
         let mut inner = self.lock();
         let Some(stored) = inner.messages.get_mut(&message.id) else {
@@ -124,11 +137,56 @@ impl QueueStore for MemoryQueue {
             }
             Placement::Final(retention) => {
                 inner.open.remove(&(created, id.clone()));
-                let forget_at = now_ms() + retention.as_millis() as u64;
+                let now = now_ms();
+                let forget_at = now + retention.as_millis() as u64;
                 inner.retained.insert((forget_at, id));
+                if let Some(notice) = notice {
+                    inner.schedule(notice.clone(), now);
+                }
             }
         }
         Ok(Some(version))
+    }
+
+    async fn notices_due(
+        &self,
+        now: u64,
+        max: usize,
+        hold_until: u64,
+    ) -> Result<Vec<Notice>, QueueError> {
+        let mut inner = self.lock();
+        let due: Vec<String> = inner
+            .outbox
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(max)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let mut notices = Vec::with_capacity(due.len());
+        for id in due {
+            if let Some((_, notice)) = inner.notices.get(&id).cloned() {
+                inner.schedule(notice.clone(), hold_until);
+                notices.push(notice);
+            }
+        }
+        Ok(notices)
+    }
+
+    async fn notice_done(&self, id: &str) -> Result<(), QueueError> {
+        let mut inner = self.lock();
+        if let Some((at, _)) = inner.notices.remove(id) {
+            inner.outbox.remove(&(at, id.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn notice_retry(&self, notice: &Notice, at: u64) -> Result<(), QueueError> {
+        self.lock().schedule(notice.clone(), at);
+        Ok(())
+    }
+
+    async fn notices_pending(&self) -> Result<u64, QueueError> {
+        Ok(self.lock().notices.len() as u64)
     }
 
     async fn take(&self, max: usize) -> Result<Vec<Taken>, QueueError> {

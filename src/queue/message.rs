@@ -157,6 +157,20 @@ pub struct Message {
     pub version: u64,
 }
 
+/// A final status to tell the message's caller (a signed callback), kept with the
+/// message's last change so that one is never recorded without the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// The `webhook-id`: the same on every try, so the receiver can deduplicate.
+    pub id: String,
+    pub caller: String,
+    /// The status object, as `GET /v1/flow-messages/{id}` answers it.
+    pub body: String,
+    /// Tries made so far.
+    pub attempts: u32,
+    pub created_ms: u64,
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -201,6 +215,20 @@ impl Message {
     pub fn set(&mut self, status: Status) {
         self.status = status;
         self.updated_ms = now_ms().max(self.updated_ms);
+    }
+
+    /// The notice of this message's final status, when its caller subscribed.
+    pub fn notice(&self, subscribers: &std::collections::BTreeSet<String>) -> Option<Notice> {
+        if !self.status.is_final() || !subscribers.contains(&self.caller) {
+            return None;
+        }
+        Some(Notice {
+            id: self.id.clone(),
+            caller: self.caller.clone(),
+            body: serde_json::to_string(&self.view()).unwrap_or_default(),
+            attempts: 0,
+            created_ms: self.updated_ms,
+        })
     }
 
     /// The status object: the body of `GET /v1/flow-messages/{id}`.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use memory::MemoryQueue;
-pub use message::{Message, MessageError, MessageStatus, Status};
+pub use message::{Message, MessageError, MessageStatus, Notice, Status};
 pub use redis::RedisQueue;
 
 use crate::store::{Store, StoreError};
@@ -83,13 +83,29 @@ pub trait QueueStore: Send + Sync + std::fmt::Debug {
     /// The message, with its current version; `None` past its retention.
     async fn get(&self, id: &str) -> Result<Option<Message>, QueueError>;
     /// Writes `message` if the stored one is still at `message.version`, and places it;
-    /// acknowledges `entry` when given. `Ok(None)`: another writer came first.
+    /// acknowledges `entry` when given; records `notice` (of a final status) in the same
+    /// step. `Ok(None)`: another writer came first.
     async fn change(
         &self,
         message: &Message,
         placement: Placement,
         entry: Option<&str>,
+        notice: Option<&Notice>,
     ) -> Result<Option<u64>, QueueError>;
+    /// Up to `max` notices due by `now`, each held until `hold_until` (so that no other
+    /// replica takes it while this one tries).
+    async fn notices_due(
+        &self,
+        now_ms: u64,
+        max: usize,
+        hold_until: u64,
+    ) -> Result<Vec<Notice>, QueueError>;
+    /// A notice delivered, or given up: forgotten.
+    async fn notice_done(&self, id: &str) -> Result<(), QueueError>;
+    /// A notice to try again at `at` (its attempts counted).
+    async fn notice_retry(&self, notice: &Notice, at: u64) -> Result<(), QueueError>;
+    /// Notices not yet delivered.
+    async fn notices_pending(&self) -> Result<u64, QueueError>;
     /// Up to `max` messages ready to go, taken by this replica (with messages another
     /// replica took and left idle past the claim time).
     async fn take(&self, max: usize) -> Result<Vec<Taken>, QueueError>;

@@ -3,6 +3,7 @@
 //! the attempt came to. It also closes attempts whose replica died (`unknown`, never
 //! re-sent), moves waiting messages back when their time comes, and reports the depth.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ pub struct Worker {
     pub config: AsyncConfig,
     /// Woken when this replica queues a message, so it need not wait for the poll.
     pub wake: Arc<Notify>,
+    /// Callers told of their messages' final statuses (a callback each).
+    pub subscribers: Arc<BTreeSet<String>>,
 }
 
 impl Worker {
@@ -248,7 +251,12 @@ impl Worker {
         };
         // The outcome is written even through a short store outage, within the lease.
         for _ in 0..8 {
-            match self.queue.change(&message, placement, None).await {
+            let notice = message.notice(&self.subscribers);
+            match self
+                .queue
+                .change(&message, placement, None, notice.as_ref())
+                .await
+            {
                 Ok(Some(_)) => {
                     log_change(&message);
                     return;
@@ -281,7 +289,12 @@ impl Worker {
         placement: Placement,
         entry: Option<&str>,
     ) -> Option<u64> {
-        match self.queue.change(message, placement, entry).await {
+        let notice = message.notice(&self.subscribers);
+        match self
+            .queue
+            .change(message, placement, entry, notice.as_ref())
+            .await
+        {
             Ok(Some(version)) => {
                 if !matches!(placement, Placement::Due(_)) || message.status != Status::Queued {
                     log_change(message);

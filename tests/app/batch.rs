@@ -22,6 +22,7 @@ fn settings(jelou: &MockServer) -> Settings {
             bots: Some(vec!["ventas".into()]),
             rate_per_second: None,
             burst: None,
+            ..Default::default()
         },
     );
     settings

@@ -28,6 +28,7 @@ fn settings_with_callers(jelou: &MockServer) -> Settings {
             bots: Some(vec!["ventas".into()]),
             rate_per_second: None,
             burst: None,
+            ..Default::default()
         },
     );
     settings.callers.insert(
@@ -37,6 +38,7 @@ fn settings_with_callers(jelou: &MockServer) -> Settings {
             bots: None,
             rate_per_second: Some(1.0),
             burst: Some(2),
+            ..Default::default()
         },
     );
     settings

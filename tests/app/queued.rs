@@ -489,6 +489,7 @@ async fn another_callers_message_or_an_unknown_id_is_not_found(backend: Backend)
                 bots: None,
                 rate_per_second: None,
                 burst: None,
+                ..Default::default()
             },
         );
     }

@@ -17,13 +17,13 @@ use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
-use super::{Depth, Message, Placement, QueueError, QueueStore, Taken};
+use super::{Depth, Message, Notice, Placement, QueueError, QueueStore, Taken};
 use crate::store::{RedisStore, StoreError};
 
 mod scripts;
 mod stream;
 
-use scripts::{CHANGE, ENQUEUE, PROMOTE};
+use scripts::{CHANGE, ENQUEUE, PROMOTE, TAKE_NOTICES};
 use stream::entry_message;
 
 const GROUP: &str = "relay";
@@ -42,6 +42,7 @@ pub struct RedisQueue {
     enqueue: redis::Script,
     change: redis::Script,
     promote: redis::Script,
+    take_notices: redis::Script,
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -75,6 +76,7 @@ impl RedisQueue {
             enqueue: redis::Script::new(ENQUEUE),
             change: redis::Script::new(CHANGE),
             promote: redis::Script::new(PROMOTE),
+            take_notices: redis::Script::new(TAKE_NOTICES),
         }
     }
 
@@ -84,6 +86,14 @@ impl RedisQueue {
 
     fn message_key(&self, id: &str) -> String {
         self.store.key(&["msg", id])
+    }
+
+    fn outbox_key(&self) -> String {
+        self.store.key(&["outbox", "due"])
+    }
+
+    fn notice_key(&self, id: &str) -> String {
+        self.store.key(&["outbox", "notice", id])
     }
 
     /// The messages of `ids`, each with its stored version.
@@ -159,7 +169,13 @@ impl QueueStore for RedisQueue {
         message: &Message,
         placement: Placement,
         entry: Option<&str>,
+        notice: Option<&Notice>,
     ) -> Result<Option<u64>, QueueError> {
+        let notice_json = match notice {
+            Some(notice) => serde_json::to_string(notice)
+                .map_err(|e| StoreError(format!("cannot encode a notice: {e}")))?,
+            None => String::new(),
+        };
         let (kind, at) = match placement {
             Placement::Due(at) => ("due", at),
             Placement::Leased(until) => ("leased", until),
@@ -172,13 +188,17 @@ impl QueueStore for RedisQueue {
             .key(self.key("waiting"))
             .key(self.key("leases"))
             .key(self.key("open"))
+            .key(self.outbox_key())
+            .key(self.notice_key(&message.id))
             .arg(&message.id)
             .arg(message.version)
             .arg(message.status.as_str())
             .arg(encode(message)?)
             .arg(entry.unwrap_or(""))
             .arg(kind)
-            .arg(at);
+            .arg(at)
+            .arg(notice_json)
+            .arg(super::message::now_ms());
         let version: i64 = self
             .store
             .run("queue", async |c: &mut MultiplexedConnection| {
@@ -299,6 +319,97 @@ impl QueueStore for RedisQueue {
             open: count,
             oldest_ms: oldest.first().map(|(_, created)| *created as u64),
         })
+    }
+
+    async fn notices_due(
+        &self,
+        now_ms: u64,
+        max: usize,
+        hold_until: u64,
+    ) -> Result<Vec<Notice>, QueueError> {
+        let mut invocation = self.take_notices.prepare_invoke();
+        invocation
+            .key(self.outbox_key())
+            .arg(now_ms)
+            .arg(max)
+            .arg(hold_until);
+        let ids: Vec<String> = self
+            .store
+            .run("callbacks", async |c: &mut MultiplexedConnection| {
+                invocation.invoke_async(c).await
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.notice_key(id)).collect();
+        let bodies: Vec<Option<String>> = self
+            .store
+            .run("callbacks", async |c: &mut MultiplexedConnection| {
+                redis::cmd("MGET").arg(&keys).query_async(c).await
+            })
+            .await?;
+        let mut notices = Vec::with_capacity(ids.len());
+        for (id, body) in ids.iter().zip(bodies) {
+            match body.and_then(|b| serde_json::from_str::<Notice>(&b).ok()) {
+                Some(notice) => notices.push(notice),
+                None => self.notice_done(id).await?,
+            }
+        }
+        Ok(notices)
+    }
+
+    async fn notice_done(&self, id: &str) -> Result<(), QueueError> {
+        let (outbox, key) = (self.outbox_key(), self.notice_key(id));
+        self.store
+            .run("callbacks", async |c: &mut MultiplexedConnection| {
+                redis::pipe()
+                    .cmd("ZREM")
+                    .arg(&outbox)
+                    .arg(id)
+                    .ignore()
+                    .cmd("DEL")
+                    .arg(&key)
+                    .ignore()
+                    .query_async::<()>(c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn notice_retry(&self, notice: &Notice, at: u64) -> Result<(), QueueError> {
+        let json = serde_json::to_string(notice)
+            .map_err(|e| StoreError(format!("cannot encode a notice: {e}")))?;
+        let (outbox, key) = (self.outbox_key(), self.notice_key(&notice.id));
+        self.store
+            .run("callbacks", async |c: &mut MultiplexedConnection| {
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(&json)
+                    .ignore()
+                    .cmd("ZADD")
+                    .arg(&outbox)
+                    .arg(at)
+                    .arg(&notice.id)
+                    .ignore()
+                    .query_async::<()>(c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn notices_pending(&self) -> Result<u64, QueueError> {
+        let outbox = self.outbox_key();
+        Ok(self
+            .store
+            .run("callbacks", async |c: &mut MultiplexedConnection| {
+                redis::cmd("ZCARD").arg(&outbox).query_async(c).await
+            })
+            .await?)
     }
 
     async fn remaining(&self) -> Vec<Message> {

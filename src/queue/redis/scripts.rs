@@ -17,10 +17,11 @@ end
 return 1
 "#;
 
-/// KEYS: hash, stream, waiting, leases, open. ARGV: id, version read, status, JSON,
-/// entry to acknowledge ('' for none), placement (due, leased, final), its time (ms
-/// since the epoch) or the retention (ms). Returns the new version, 0 when another
-/// writer came first, -1 when the message is gone.
+/// KEYS: hash, stream, waiting, leases, open, outbox, notice. ARGV: id, version read,
+/// status, JSON, entry to acknowledge ('' for none), placement (due, leased, final), its
+/// time (ms since the epoch) or the retention (ms), the notice's JSON ('' for none), now
+/// (ms). Returns the new version, 0 when another writer came first, -1 when the message
+/// is gone.
 pub(super) const CHANGE: &str = r#"
 local v = redis.call('HGET', KEYS[1], 'version')
 if not v then return -1 end
@@ -40,6 +41,10 @@ elseif ARGV[6] == 'leased' then
 else
   redis.call('ZREM', KEYS[5], ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  if ARGV[8] ~= '' then
+    redis.call('SET', KEYS[7], ARGV[8])
+    redis.call('ZADD', KEYS[6], ARGV[9], ARGV[1])
+  end
 end
 return nv
 "#;
@@ -52,4 +57,14 @@ for _, id in ipairs(due) do
   redis.call('XADD', KEYS[2], '*', 'id', id)
 end
 return #due
+"#;
+
+/// KEYS: outbox. ARGV: now (ms), most to take, hold until (ms). Takes the notices due,
+/// each held (its due time moved) so that no other replica takes it meanwhile.
+pub(super) const TAKE_NOTICES: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(due) do
+  redis.call('ZADD', KEYS[1], ARGV[3], id)
+end
+return due
 "#;
