@@ -6,6 +6,7 @@
 mod common;
 
 mod batch;
+mod callbacks;
 mod callers;
 mod faults;
 mod hostile;
