@@ -13,7 +13,15 @@ use super::send;
         title = "jelou-relay",
         description = "Send WhatsApp Flow messages through Jelou without holding Jelou credentials. \
             Errors are RFC 9457 problem+json; every error says whether the message was sent \
-            (`delivery`: `not_sent` or `unknown`).",
+            (`delivery`: `not_sent` or `unknown`).\n\n\
+            With `Prefer: respond-async` (or `POST /v1/flow-messages/batch`) messages are queued \
+            and answered 202; `GET /v1/flow-messages/{id}` gives each one's status. A caller \
+            configured with `callers.<name>.callback_url` also receives every final status \
+            (`sent`, `failed`, `unknown`, `expired`, `canceled`) as a POST of that status object \
+            (`MessageStatus`), signed per Standard Webhooks: headers `webhook-id` (the message \
+            id, the same on every try), `webhook-timestamp` and `webhook-signature: \
+            v1,<base64 HMAC-SHA256 of \"id.timestamp.body\">` with the caller's `whsec_` \
+            secret. A 2xx ends delivery; anything else is retried with backoff.",
         license(name = "MIT"),
     ),
     paths(

@@ -80,7 +80,22 @@ impl RelayConfig {
                     .map_or("no rate of its own".to_string(), |rate| {
                         format!("rate {}/s, burst {}", rate.rate_per_second, rate.burst)
                     });
-                lines.push(format!("caller {}: bots {bots}; {rate}", caller.name));
+                // Where its callbacks go: scheme and host only (a path or query may
+                // carry a token); never the secret.
+                let callback = config.callbacks.endpoints.get(&caller.name).map_or(
+                    String::new(),
+                    |endpoint| {
+                        format!(
+                            "; callbacks to {}://{} (signed)",
+                            endpoint.url.scheme(),
+                            endpoint.url.host_str().unwrap_or("")
+                        )
+                    },
+                );
+                lines.push(format!(
+                    "caller {}: bots {bots}; {rate}{callback}",
+                    caller.name
+                ));
             }
         }
         lines.push(match &config.admin {

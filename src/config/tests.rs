@@ -126,3 +126,80 @@ fn hostile_bot_ids_are_refused() {
         );
     }
 }
+
+#[test]
+fn callback_urls_and_secrets_are_checked_and_never_echoed() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let caller = |url: Option<&str>, secret: Option<&str>| CallerSettings {
+        key_sha256: Some("ab".repeat(32)),
+        callback_url: url.map(str::to_owned),
+        callback_secret: secret.map(SecretString::from),
+        ..Default::default()
+    };
+    let mut s = settings();
+    s.callers.insert(
+        "orders".into(),
+        caller(Some("http://127.0.0.1:9/hook"), Some(secret)),
+    );
+    let config = s.validate(Environment::Local).unwrap();
+    assert!(config.callbacks.endpoints.contains_key("orders"));
+    assert!(
+        !config.summary().contains("MfKQ9r8G"),
+        "{}",
+        config.summary()
+    );
+    assert!(!format!("{config:?}").contains("MfKQ9r8G"));
+
+    let cases = [
+        (
+            caller(Some("http://127.0.0.1:9/hook"), None),
+            "callers.orders.callback_secret",
+        ),
+        (caller(None, Some(secret)), "callers.orders.callback_url"),
+        (
+            caller(Some("ftp://x/hook"), Some(secret)),
+            "callers.orders.callback_url",
+        ),
+        (
+            caller(Some("https://x/hook"), Some("whsec_short")),
+            "callers.orders.callback_secret",
+        ),
+        (
+            caller(Some("https://x/hook"), Some("not-whsec")),
+            "callers.orders.callback_secret",
+        ),
+    ];
+    for (caller, key) in cases {
+        let mut s = settings();
+        s.callers.insert("orders".into(), caller);
+        assert_eq!(keys(s.validate(Environment::Local).unwrap_err()), [key]);
+    }
+    // Production: https, or http to a loopback host only.
+    let mut s = settings();
+    s.upstream.mode = UpstreamMode::Jelou;
+    s.upstream.base_url = "http://127.0.0.1:9999".into();
+    s.upstream.client_id = Some("id".into());
+    s.upstream.client_secret = Some(SecretString::from("secret"));
+    s.asynchronous.enabled = true;
+    s.store.backend = StoreBackend::Redis;
+    s.store.redis_url = Some(SecretString::from("redis://127.0.0.1:6379/0"));
+    s.callers.insert(
+        "orders".into(),
+        caller(Some("http://orders.internal/hook"), Some(secret)),
+    );
+    assert_eq!(
+        keys(s.validate(Environment::Production).unwrap_err()),
+        ["callers.orders.callback_url"]
+    );
+    // Callbacks tell of queued messages: without the queue they are a mistake.
+    let mut s = settings();
+    s.asynchronous.enabled = false;
+    s.callers.insert(
+        "orders".into(),
+        caller(Some("https://x/hook"), Some(secret)),
+    );
+    assert_eq!(
+        keys(s.validate(Environment::Local).unwrap_err()),
+        ["async.enabled"]
+    );
+}

@@ -11,7 +11,9 @@ use super::{Depth, Message, Notice, Placement, QueueError, QueueStore, Status, T
 #[derive(Debug, Default)]
 struct Inner {
     messages: HashMap<String, Message>,
-    /// Ready to be taken, in order.
+    /// Ready to be taken, in order: those whose wait is over before those just
+    /// accepted, so a large batch never delays a send that is due.
+    due: VecDeque<String>,
     ready: VecDeque<String>,
     /// Waiting until a time: (due ms, id).
     waiting: BTreeSet<(u64, String)>,
@@ -193,7 +195,7 @@ impl QueueStore for MemoryQueue {
         let mut inner = self.lock();
         let mut taken = Vec::new();
         while taken.len() < max {
-            let Some(id) = inner.ready.pop_front() else {
+            let Some(id) = inner.due.pop_front().or_else(|| inner.ready.pop_front()) else {
                 break;
             };
             if let Some(message) = inner.messages.get(&id) {
@@ -218,7 +220,7 @@ impl QueueStore for MemoryQueue {
             }
             inner.waiting.pop_first();
             inner.placed.remove(&id);
-            inner.ready.push_back(id);
+            inner.due.push_back(id);
         }
         inner.forget_expired(now);
         Ok(())

@@ -23,12 +23,15 @@ const POLL: Duration = Duration::from_millis(100);
 const SWEEP: Duration = Duration::from_millis(500);
 /// Messages being handled at once by one worker (most of them pacing or waiting for a
 /// permit to Jelou, which bounds the attempts).
-const HANDLING: usize = 256;
+const HANDLING: usize = 1024;
 /// How long a `sending` message outlives its attempt's timeout without an answer
 /// before it is taken as interrupted.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// A reserved cell this close is taken as now.
 const NOW_SLACK_MS: u64 = 5;
+/// A reserved cell this close is waited for in hand (its entry held, well within the
+/// claim time); a later one in the store's waiting set.
+const HOLD: Duration = Duration::from_millis(250);
 
 /// What the worker needs.
 #[derive(Clone)]
@@ -167,11 +170,20 @@ impl Worker {
                 let latest =
                     Instant::now() + Duration::from_millis(message.expires_ms.saturating_sub(now));
                 let wait_until = match self.paced.pace(&request, latest).await {
+                    Ok(Some(at)) if at <= Instant::now() + HOLD => {
+                        // Its cell comes soon: wait for it here rather than through the
+                        // store, so that it leaves on time.
+                        message.slot_ms = Some(
+                            now + at.saturating_duration_since(Instant::now()).as_millis() as u64,
+                        );
+                        tokio::time::sleep_until(at).await;
+                        None
+                    }
                     Ok(Some(at)) => {
                         let at_ms =
                             now + at.saturating_duration_since(Instant::now()).as_millis() as u64;
                         message.slot_ms = Some(at_ms);
-                        (at_ms > now + NOW_SLACK_MS).then_some(at_ms)
+                        Some(at_ms)
                     }
                     // No cell before it expires: it waits for its expiry.
                     Ok(None) => Some(message.expires_ms),
@@ -206,7 +218,9 @@ impl Worker {
         };
         message.set(Status::Sending);
         message.attempts += 1;
-        message.slot_ms = None;
+        if let Some(slot) = message.slot_ms.take() {
+            tracing::debug!(id = %message.id, late_ms = now_ms().saturating_sub(slot), "sending on its reserved cell");
+        }
         message.not_before_ms = 0;
         let lease = now_ms() + (self.paced.request_timeout() + LEASE_MARGIN).as_millis() as u64;
         let Some(version) = self
@@ -250,6 +264,7 @@ impl Worker {
             }
         };
         // The outcome is written even through a short store outage, within the lease.
+        let mut unanswered = false;
         for _ in 0..8 {
             let notice = message.notice(&self.subscribers);
             match self
@@ -258,6 +273,11 @@ impl Worker {
                 .await
             {
                 Ok(Some(_)) => {
+                    log_change(&message);
+                    return;
+                }
+                // An earlier try whose answer was lost may have written it.
+                Ok(None) if unanswered && self.written(&message).await.is_some() => {
                     log_change(&message);
                     return;
                 }
@@ -270,11 +290,29 @@ impl Worker {
                     return;
                 }
                 Err(error) => {
+                    unanswered = true;
                     tracing::warn!(%error, id = %message.id, "queue: cannot record an attempt's outcome yet");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
         }
+    }
+
+    /// After a change whose answer was lost (the store timed out): its new version if
+    /// the store holds it, `None` if it does not (or cannot be read now).
+    async fn written(&self, message: &Message) -> Option<u64> {
+        for _ in 0..8 {
+            match self.queue.get(&message.id).await {
+                Ok(Some(stored))
+                    if stored.version == message.version + 1 && stored.status == message.status =>
+                {
+                    return Some(stored.version);
+                }
+                Ok(_) => return None,
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        None
     }
 
     fn closed(&self) -> Placement {
@@ -303,8 +341,22 @@ impl Worker {
             }
             Ok(None) => None,
             Err(error) => {
-                tracing::warn!(%error, id = %message.id, "queue: cannot record a change");
-                None
+                // The answer may be lost while the change was made: look. (Not made, the
+                // entry stays this replica's, and is taken over after the claim time.)
+                let written = self.written(message).await;
+                match written {
+                    Some(_)
+                        if !matches!(placement, Placement::Due(_))
+                            || message.status != Status::Queued =>
+                    {
+                        log_change(message);
+                    }
+                    Some(_) => {}
+                    None => {
+                        tracing::warn!(%error, id = %message.id, "queue: cannot record a change")
+                    }
+                }
+                written
             }
         }
     }

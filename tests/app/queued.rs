@@ -600,7 +600,9 @@ async fn in_redis_the_queue_lives_under_the_prefix_and_a_final_status_expires() 
     let ttl: i64 = redis.cli(&["TTL", &record]).parse().unwrap();
     assert!((100..=120).contains(&ttl), "TTL {ttl}");
     // Nothing open is left behind: the stream and the sets are empty.
-    assert_eq!(redis.cli(&["XLEN", "q-test:queue:stream"]), "0");
+    for stream in ["stream", "due"] {
+        assert_eq!(redis.cli(&["XLEN", &format!("q-test:queue:{stream}")]), "0");
+    }
     for set in ["open", "waiting", "leases"] {
         assert_eq!(
             redis.cli(&["ZCARD", &format!("q-test:queue:{set}")]),

@@ -24,7 +24,7 @@ mod scripts;
 mod stream;
 
 use scripts::{CHANGE, ENQUEUE, PROMOTE, TAKE_NOTICES};
-use stream::entry_message;
+use stream::{Lane, entry_message};
 
 const GROUP: &str = "relay";
 
@@ -134,7 +134,9 @@ impl QueueStore for RedisQueue {
     async fn enqueue(&self, messages: &[Message], max_queued: usize) -> Result<(), QueueError> {
         self.ensure_group().await?;
         let mut invocation = self.enqueue.prepare_invoke();
-        invocation.key(self.key("open")).key(self.key("stream"));
+        invocation
+            .key(self.key("open"))
+            .key(self.key(Lane::Fresh.part()));
         invocation.arg(max_queued);
         for message in messages {
             // Past its expiry and retention a message is forgotten even if no replica
@@ -181,10 +183,11 @@ impl QueueStore for RedisQueue {
             Placement::Leased(until) => ("leased", until),
             Placement::Final(retention) => ("final", retention.as_millis().max(1) as u64),
         };
+        let (lane, entry_id) = entry.map_or((Lane::Fresh, ""), Lane::of);
         let mut invocation = self.change.prepare_invoke();
         invocation
             .key(self.message_key(&message.id))
-            .key(self.key("stream"))
+            .key(self.key(lane.part()))
             .key(self.key("waiting"))
             .key(self.key("leases"))
             .key(self.key("open"))
@@ -194,7 +197,7 @@ impl QueueStore for RedisQueue {
             .arg(message.version)
             .arg(message.status.as_str())
             .arg(encode(message)?)
-            .arg(entry.unwrap_or(""))
+            .arg(entry_id)
             .arg(kind)
             .arg(at)
             .arg(notice_json)
@@ -234,7 +237,8 @@ impl QueueStore for RedisQueue {
     }
 
     async fn drop_entry(&self, entry: &str) -> Result<(), QueueError> {
-        let stream = self.key("stream");
+        let (lane, entry) = Lane::of(entry);
+        let stream = self.key(lane.part());
         let mut pipe = redis::pipe();
         pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(entry).ignore();
         pipe.cmd("XDEL").arg(&stream).arg(entry).ignore();
@@ -251,7 +255,7 @@ impl QueueStore for RedisQueue {
         let mut invocation = self.promote.prepare_invoke();
         invocation
             .key(self.key("waiting"))
-            .key(self.key("stream"))
+            .key(self.key(Lane::Due.part()))
             .arg(now_ms)
             .arg(PROMOTE_BATCH);
         let _moved: i64 = self

@@ -1,5 +1,7 @@
-//! Reading the stream as one consumer of the group: new entries, and entries another
-//! consumer took and left idle past the claim time.
+//! Reading the streams as one consumer of their group: entries another consumer took
+//! and left idle past the claim time, then new ones. Two lanes: messages whose wait is
+//! over (promoted from the waiting set: their reserved cell is now) come before messages
+//! just accepted, so a large batch arriving never delays a send that is due.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -10,7 +12,43 @@ use tokio::time::Instant;
 use super::{GROUP, RedisQueue};
 use crate::store::StoreError;
 
+/// Entries as (lane-qualified entry id, fields).
 pub(super) type StreamEntries = Vec<(String, Vec<String>)>;
+
+/// A stream of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// Promoted from the waiting set: due now.
+    Due,
+    /// Just accepted.
+    Fresh,
+}
+
+impl Lane {
+    pub(super) const ALL: [Lane; 2] = [Lane::Due, Lane::Fresh];
+
+    /// The key's last part.
+    pub(super) fn part(self) -> &'static str {
+        match self {
+            Lane::Due => "due",
+            Lane::Fresh => "stream",
+        }
+    }
+
+    /// `lane:entry id`, as `Taken::entry` carries it.
+    fn qualify(self, id: &str) -> String {
+        format!("{}:{id}", self.part())
+    }
+
+    /// The lane and the stream's own id of a qualified entry.
+    pub(super) fn of(entry: &str) -> (Lane, &str) {
+        match entry.split_once(':') {
+            Some(("due", id)) => (Lane::Due, id),
+            Some((_, id)) => (Lane::Fresh, id),
+            None => (Lane::Fresh, entry),
+        }
+    }
+}
 
 /// The message id in an entry's fields (`id`, then the id).
 pub(super) fn entry_message(fields: &[String]) -> Option<&str> {
@@ -28,25 +66,27 @@ impl RedisQueue {
         if self.group_ready.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let stream = self.key("stream");
-        let created: Result<(), StoreError> = self
-            .store
-            .run("queue", async |c: &mut MultiplexedConnection| {
-                let result: redis::RedisResult<()> = redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .query_async(c)
-                    .await;
-                match result {
-                    Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
-                    other => other,
-                }
-            })
-            .await;
-        created?;
+        for lane in Lane::ALL {
+            let stream = self.key(lane.part());
+            let created: Result<(), StoreError> = self
+                .store
+                .run("queue", async |c: &mut MultiplexedConnection| {
+                    let result: redis::RedisResult<()> = redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&stream)
+                        .arg(GROUP)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .query_async(c)
+                        .await;
+                    match result {
+                        Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+                        other => other,
+                    }
+                })
+                .await;
+            created?;
+        }
         self.group_ready.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -61,7 +101,18 @@ impl RedisQueue {
             }
             *last = Some(Instant::now());
         }
-        let stream = self.key("stream");
+        let mut claimed = Vec::new();
+        for lane in Lane::ALL {
+            if claimed.len() >= max {
+                break;
+            }
+            claimed.extend(self.claim_lane(lane, max - claimed.len()).await?);
+        }
+        Ok(claimed)
+    }
+
+    async fn claim_lane(&self, lane: Lane, max: usize) -> Result<StreamEntries, StoreError> {
+        let stream = self.key(lane.part());
         let idle = self.claim_idle.as_millis() as u64;
         let reply: redis::Value = self
             .store
@@ -88,11 +139,24 @@ impl RedisQueue {
         Ok(entries
             .into_iter()
             .filter_map(|entry| redis::from_redis_value::<(String, Vec<String>)>(entry).ok())
+            .map(|(id, fields)| (lane.qualify(&id), fields))
             .collect())
     }
 
+    /// New entries: those due first, then those just accepted.
     pub(super) async fn read_new(&self, max: usize) -> Result<StreamEntries, StoreError> {
-        let stream = self.key("stream");
+        let mut read = Vec::new();
+        for lane in Lane::ALL {
+            if read.len() >= max {
+                break;
+            }
+            read.extend(self.read_lane(lane, max - read.len()).await?);
+        }
+        Ok(read)
+    }
+
+    async fn read_lane(&self, lane: Lane, max: usize) -> Result<StreamEntries, StoreError> {
+        let stream = self.key(lane.part());
         let reply: Result<Option<Vec<(String, StreamEntries)>>, StoreError> = self
             .store
             .run("queue", async |c: &mut MultiplexedConnection| {
@@ -114,6 +178,7 @@ impl RedisQueue {
                 .into_iter()
                 .flatten()
                 .flat_map(|(_, entries)| entries)
+                .map(|(id, fields)| (lane.qualify(&id), fields))
                 .collect()),
             Err(error) => {
                 // Redis lost the group (restarted without persistence): make it again.
