@@ -291,3 +291,127 @@ fn queued_messages_survive_a_redis_restart_and_a_restart_of_every_replica() {
     assert_eq!(count(&statuses, "sent") + unknown, 40, "{statuses:?}");
     assert!(unknown <= 2, "{unknown} unknown");
 }
+
+/// A callback receiver that refuses (503) while `failing`, and notes each try's
+/// `webhook-id` and whether it was accepted.
+#[derive(Clone)]
+struct Receiver {
+    uri: String,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    tries: Arc<Mutex<Vec<(String, bool)>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let tries = Arc::new(Mutex::new(Vec::new()));
+        let (fail, noted) = (failing.clone(), tries.clone());
+        let app = Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let (fail, noted) = (fail.clone(), noted.clone());
+            async move {
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let refuse = fail.load(std::sync::atomic::Ordering::SeqCst);
+                noted.lock().unwrap().push((id, !refuse));
+                if refuse {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver {
+            uri,
+            failing,
+            tries,
+        }
+    }
+
+    fn ids(&self, accepted: bool) -> std::collections::BTreeSet<String> {
+        let tries = self.tries.lock().unwrap();
+        tries
+            .iter()
+            .filter(|(_, ok)| *ok == accepted)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+#[test]
+fn pending_callbacks_survive_a_restart_and_another_replica_delivers_them() {
+    if !redis_available() {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let upstream = runtime.block_on(Upstream::start(Duration::ZERO));
+    let receiver = runtime.block_on(Receiver::start());
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
+    let hash = caller_key_sha256();
+    let mut env = relay_env(&upstream.uri, &redis_url);
+    env.extend([
+        ("JELOU_RELAY__CALLERS__ORDERS__KEY_SHA256", hash.as_str()),
+        (
+            "JELOU_RELAY__CALLERS__ORDERS__CALLBACK_URL",
+            receiver.uri.as_str(),
+        ),
+        (
+            "JELOU_RELAY__CALLERS__ORDERS__CALLBACK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
+        ("JELOU_RELAY__CALLBACKS__BACKOFF_BASE_MS", "100"),
+        ("JELOU_RELAY__CALLBACKS__BACKOFF_CAP_MS", "300"),
+    ]);
+    let mut first = RelayProcess::start(&env);
+    let auth = format!("Bearer {CALLER_KEY}");
+    let ids: std::collections::BTreeSet<String> = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut ids = std::collections::BTreeSet::new();
+        for i in 0..5 {
+            let (status, _, body) = post(
+                &client,
+                &first.url("/v1/flow-messages"),
+                &message_to(i),
+                &[("prefer", "respond-async"), ("authorization", &auth)],
+            )
+            .await;
+            assert_eq!(status, 202, "{body}");
+            ids.insert(body["id"].as_str().unwrap().to_string());
+        }
+        ids
+    });
+    // Every message is sent, and its callback refused at least once.
+    let until = Instant::now() + Duration::from_secs(20);
+    while receiver.ids(false) != ids {
+        assert!(
+            Instant::now() < until,
+            "refused so far: {:?}",
+            receiver.ids(false)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The replica dies with its callbacks pending; the receiver recovers; a new replica
+    // delivers them, the same webhook-ids.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    receiver
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let _second = RelayProcess::start(&env);
+    let until = Instant::now() + Duration::from_secs(30);
+    while receiver.ids(true) != ids {
+        assert!(
+            Instant::now() < until,
+            "delivered so far: {:?}",
+            receiver.ids(true)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(upstream.calls(), 5, "each message sent once");
+}
