@@ -7,7 +7,8 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use url::Url;
 
-use super::validate::{is_loopback, resolve_secret};
+use super::secrets::resolve_secret;
+use super::validate::is_loopback;
 use super::*;
 use crate::callbacks::{Endpoint, Secret};
 

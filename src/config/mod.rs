@@ -4,6 +4,7 @@
 mod callbacks;
 mod callers;
 mod queue;
+mod secrets;
 mod settings;
 mod store;
 mod summary;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use url::Url;
 
-use super::validate::resolve_secret;
+use super::secrets::resolve_secret;
 use super::*;
 
 impl Settings {

@@ -1,14 +1,13 @@
 //! Every rule the settings must meet, checked at once, and the runtime configuration
-//! built from them; secrets are read from files here.
+//! built from them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use super::secrets::resolve_secret;
 use super::*;
 use crate::domain::flow_message::is_valid_alias;
 
@@ -328,48 +327,6 @@ impl Settings {
             callbacks,
             store,
         })
-    }
-}
-
-/// A secret given inline or as a file path (for mounted secrets), under `{key}.{field}`
-/// and `{key}.{field}_file`; both at once is an error.
-pub(super) fn resolve_secret(
-    key: &str,
-    field: &str,
-    inline: Option<&SecretString>,
-    file: Option<&Path>,
-    problem: &mut impl FnMut(&str, String),
-) -> Option<SecretString> {
-    let inline = inline.filter(|s| !s.expose_secret().is_empty());
-    let file_key = format!("{key}.{field}_file");
-    match (inline, file) {
-        (Some(_), Some(_)) => {
-            problem(
-                &file_key,
-                format!("set either {key}.{field} or {file_key}, not both"),
-            );
-            None
-        }
-        (Some(secret), None) => Some(secret.clone()),
-        (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(contents) => {
-                let trimmed = contents.trim_end_matches(['\n', '\r']);
-                if trimmed.is_empty() {
-                    problem(&file_key, format!("'{}' is empty", path.display()));
-                    None
-                } else {
-                    Some(SecretString::from(trimmed.to_string()))
-                }
-            }
-            Err(error) => {
-                problem(
-                    &file_key,
-                    format!("cannot read '{}': {error}", path.display()),
-                );
-                None
-            }
-        },
-        (None, None) => None,
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::{Depth, Message, Notice, Placement, QueueError, QueueStore, Taken};
 use crate::store::{RedisStore, StoreError};
 
+mod outbox;
 mod scripts;
 mod stream;
 
@@ -86,14 +87,6 @@ impl RedisQueue {
 
     fn message_key(&self, id: &str) -> String {
         self.store.key(&["msg", id])
-    }
-
-    fn outbox_key(&self) -> String {
-        self.store.key(&["outbox", "due"])
-    }
-
-    fn notice_key(&self, id: &str) -> String {
-        self.store.key(&["outbox", "notice", id])
     }
 
     /// The messages of `ids`, each with its stored version.
@@ -331,89 +324,19 @@ impl QueueStore for RedisQueue {
         max: usize,
         hold_until: u64,
     ) -> Result<Vec<Notice>, QueueError> {
-        let mut invocation = self.take_notices.prepare_invoke();
-        invocation
-            .key(self.outbox_key())
-            .arg(now_ms)
-            .arg(max)
-            .arg(hold_until);
-        let ids: Vec<String> = self
-            .store
-            .run("callbacks", async |c: &mut MultiplexedConnection| {
-                invocation.invoke_async(c).await
-            })
-            .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ids.iter().map(|id| self.notice_key(id)).collect();
-        let bodies: Vec<Option<String>> = self
-            .store
-            .run("callbacks", async |c: &mut MultiplexedConnection| {
-                redis::cmd("MGET").arg(&keys).query_async(c).await
-            })
-            .await?;
-        let mut notices = Vec::with_capacity(ids.len());
-        for (id, body) in ids.iter().zip(bodies) {
-            match body.and_then(|b| serde_json::from_str::<Notice>(&b).ok()) {
-                Some(notice) => notices.push(notice),
-                None => self.notice_done(id).await?,
-            }
-        }
-        Ok(notices)
+        self.due_notices(now_ms, max, hold_until).await
     }
 
     async fn notice_done(&self, id: &str) -> Result<(), QueueError> {
-        let (outbox, key) = (self.outbox_key(), self.notice_key(id));
-        self.store
-            .run("callbacks", async |c: &mut MultiplexedConnection| {
-                redis::pipe()
-                    .cmd("ZREM")
-                    .arg(&outbox)
-                    .arg(id)
-                    .ignore()
-                    .cmd("DEL")
-                    .arg(&key)
-                    .ignore()
-                    .query_async::<()>(c)
-                    .await
-            })
-            .await?;
-        Ok(())
+        self.forget_notice(id).await
     }
 
     async fn notice_retry(&self, notice: &Notice, at: u64) -> Result<(), QueueError> {
-        let json = serde_json::to_string(notice)
-            .map_err(|e| StoreError(format!("cannot encode a notice: {e}")))?;
-        let (outbox, key) = (self.outbox_key(), self.notice_key(&notice.id));
-        self.store
-            .run("callbacks", async |c: &mut MultiplexedConnection| {
-                redis::pipe()
-                    .atomic()
-                    .cmd("SET")
-                    .arg(&key)
-                    .arg(&json)
-                    .ignore()
-                    .cmd("ZADD")
-                    .arg(&outbox)
-                    .arg(at)
-                    .arg(&notice.id)
-                    .ignore()
-                    .query_async::<()>(c)
-                    .await
-            })
-            .await?;
-        Ok(())
+        self.reschedule_notice(notice, at).await
     }
 
     async fn notices_pending(&self) -> Result<u64, QueueError> {
-        let outbox = self.outbox_key();
-        Ok(self
-            .store
-            .run("callbacks", async |c: &mut MultiplexedConnection| {
-                redis::cmd("ZCARD").arg(&outbox).query_async(c).await
-            })
-            .await?)
+        self.count_notices().await
     }
 
     async fn remaining(&self) -> Vec<Message> {
