@@ -562,6 +562,8 @@ def main():
     parser.add_argument("--binary", help="a jelou-relay binary to use instead of building one")
     parser.add_argument("--floor", help="a floor binary (benches/floor.rs, built as the example "
                         "`floor`) to use instead of building one")
+    parser.add_argument("--baseline-config", help="the config/ folder of the --baseline "
+                        "binary's version (default: this repository's)")
     parser.add_argument("--baseline", help="another jelou-relay binary (e.g. built from an "
                         "earlier commit) measured beside the relay in every level")
     parser.add_argument("--stack-connections", type=int, default=1024,
@@ -633,8 +635,11 @@ def main():
                             relay_env(PORT_SIM, PORT_RELAY, PORT_ADMIN))
         baseline = None
         if BASELINE:
+            # The baseline reads its own configuration files: another version may not
+            # know this one's keys.
+            own_config = {"JELOU_RELAY_CONFIG_DIR": args.baseline_config} if args.baseline_config else {}
             baseline = procs.start([str(BASELINE), "serve"], work / "baseline.log",
-                                   relay_env(PORT_SIM, PORT_BASELINE, PORT_BASELINE_ADMIN))
+                                   relay_env(PORT_SIM, PORT_BASELINE, PORT_BASELINE_ADMIN, own_config))
             wait_http(PORT_BASELINE, "/readyz", want=200)
         wait_http(PORT_SIM, "/_simulator/stats", want=200)
         wait_http(PORT_SLOW_SIM, "/_simulator/stats", want=200)
