@@ -14,6 +14,7 @@ mod idempotency;
 mod openapi;
 mod properties;
 mod queued;
+mod queued_pacing;
 mod rate_limits;
 mod send;
 mod tracing;

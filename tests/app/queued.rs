@@ -5,28 +5,28 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use jelou_relay::config::{CallerSettings, FailureMode, Settings};
+use jelou_relay::config::{CallerSettings, Settings};
 use serde_json::{Value, json};
 use wiremock::matchers::{any, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const ASYNC: (&str, &str) = ("prefer", "respond-async");
+pub(crate) const ASYNC: (&str, &str) = ("prefer", "respond-async");
 const OTHER_KEY: &str = "marketing-key-fedcba9876543210";
 
-fn settings(jelou: &MockServer) -> Settings {
+pub(crate) fn settings(jelou: &MockServer) -> Settings {
     let mut settings = settings_for(&jelou.uri());
     settings.asynchronous.backoff_cap_ms = 40;
     settings
 }
 
-fn message_to(digits: &str) -> Value {
+pub(crate) fn message_to(digits: &str) -> Value {
     let mut message = seed_message();
     message["to"] = json!(digits);
     message
 }
 
 /// Queues `body`; asserts the 202 and its headers; returns the answer.
-async fn queue(app: &TestApp, body: &Value, headers: &[(&str, &str)]) -> Value {
+pub(crate) async fn queue(app: &TestApp, body: &Value, headers: &[(&str, &str)]) -> Value {
     let mut all = vec![ASYNC];
     all.extend_from_slice(headers);
     let response = app.send_with(body, &all).await;
@@ -53,7 +53,7 @@ async fn queue(app: &TestApp, body: &Value, headers: &[(&str, &str)]) -> Value {
     answer
 }
 
-async fn status(app: &TestApp, id: &str) -> (u16, Value) {
+pub(crate) async fn status(app: &TestApp, id: &str) -> (u16, Value) {
     let response = app
         .client
         .get(app.url(&format!("/v1/flow-messages/{id}")))
@@ -65,7 +65,7 @@ async fn status(app: &TestApp, id: &str) -> (u16, Value) {
 }
 
 /// Polls the status until it is final (or `wanted`); generous for loaded machines.
-async fn settled(app: &TestApp, id: &str, wanted: &str) -> Value {
+pub(crate) async fn settled(app: &TestApp, id: &str, wanted: &str) -> Value {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let (code, body) = status(app, id).await;
@@ -82,7 +82,7 @@ async fn settled(app: &TestApp, id: &str, wanted: &str) -> Value {
     }
 }
 
-async fn calls(jelou: &MockServer) -> usize {
+pub(crate) async fn calls(jelou: &MockServer) -> usize {
     jelou.received_requests().await.unwrap_or_default().len()
 }
 
@@ -157,7 +157,7 @@ async fn a_queued_message_is_answered_202_then_sent_once(backend: Backend) {
 }
 
 /// Milliseconds since the epoch of an RFC 3339 UTC time as the relay writes it.
-fn time_ms(text: &str) -> u64 {
+pub(crate) fn time_ms(text: &str) -> u64 {
     let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .expect("RFC 3339");
     (parsed.unix_timestamp_nanos() / 1_000_000) as u64
@@ -311,134 +311,6 @@ async fn an_expiry_out_of_range_is_a_field_error(backend: Backend) {
     assert_eq!(calls(&jelou).await, 0);
 }
 
-/// One message per recipient and per six seconds, none at once: a second message to the
-/// same recipient waits, queued.
-fn one_per_recipient(settings: &mut Settings) {
-    settings.recipients.rate_per_second = 0.01;
-    settings.recipients.burst = 1;
-}
-
-async fn a_queued_message_is_canceled_and_never_sent(backend: Backend) {
-    let jelou = MockServer::start().await;
-    accept_all(&jelou).await;
-    let mut settings = settings(&jelou);
-    one_per_recipient(&mut settings);
-    let app = spawn_on(backend, settings).await;
-    let first = queue(&app, &seed_message(), &[]).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    settled(&app, &first, "sent").await;
-    let second = queue(&app, &seed_message(), &[]).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(status(&app, &second).await.1["status"], "queued");
-
-    let url = app.url(&format!("/v1/flow-messages/{second}"));
-    let response = app.client.delete(&url).send().await.unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let canceled: Value = response.json().await.unwrap();
-    assert_eq!(canceled["status"], "canceled");
-    assert_eq!(canceled["delivery"], "not_sent");
-    assert!(canceled.get("error").is_none(), "{canceled}");
-    assert_eq!(status(&app, &second).await.1["status"], "canceled");
-
-    // Final now, and so is a sent one: 409.
-    for id in [&second, &first] {
-        let url = app.url(&format!("/v1/flow-messages/{id}"));
-        let response = app.client.delete(&url).send().await.unwrap();
-        assert_problem(response, 409, "not_cancelable").await;
-    }
-    assert_eq!(calls(&jelou).await, 1);
-}
-
-async fn a_backlog_for_one_recipient_never_delays_another(backend: Backend) {
-    let jelou = MockServer::start().await;
-    accept_all(&jelou).await;
-    let mut settings = settings(&jelou);
-    one_per_recipient(&mut settings);
-    let app = spawn_on(backend, settings).await;
-    let mut backlog = Vec::new();
-    for _ in 0..200 {
-        backlog.push(
-            queue(&app, &seed_message(), &[]).await["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
-    let other = queue(&app, &message_to("+593 99 000 1111"), &[]).await;
-    let sent = settled(&app, other["id"].as_str().unwrap(), "sent").await;
-    assert_eq!(sent["attempts"], 1);
-    // The backlog is still there: one of it was sent, the rest wait for the pair limit.
-    let mut queued = 0;
-    for id in &backlog {
-        if status(&app, id).await.1["status"] == "queued" {
-            queued += 1;
-        }
-    }
-    assert_eq!(queued, 199);
-    assert_eq!(calls(&jelou).await, 2);
-}
-
-async fn the_bot_limit_paces_the_queue_instead_of_refusing(backend: Backend) {
-    let jelou = MockServer::start().await;
-    accept_all(&jelou).await;
-    let mut settings = settings(&jelou);
-    let bot = settings.bots.get_mut("ventas").unwrap();
-    bot.rate_per_second = Some(20.0);
-    bot.burst = Some(1);
-    let app = spawn_on(backend, settings).await;
-    let mut ids = Vec::new();
-    for i in 0..10 {
-        let to = format!("+59399000{i:04}");
-        ids.push(
-            queue(&app, &message_to(&to), &[]).await["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
-    for id in &ids {
-        settled(&app, id, "sent").await;
-    }
-    let requests = jelou.received_requests().await.unwrap();
-    assert_eq!(requests.len(), 10);
-    // Each message's last change is its send.
-    let mut updated: Vec<u64> = Vec::new();
-    for id in &ids {
-        updated.push(time_ms(
-            status(&app, id).await.1["updated_at"].as_str().unwrap(),
-        ));
-    }
-    updated.sort_unstable();
-    // 10 messages at 20/s with a burst of 1 take at least 9 intervals of 50 ms.
-    let span = updated[9] - updated[0];
-    assert!(span >= 400, "sent over {span} ms");
-}
-
-async fn a_full_queue_is_503_overloaded_with_retry_after(backend: Backend) {
-    let jelou = MockServer::start().await;
-    accept_all(&jelou).await;
-    let mut settings = settings(&jelou);
-    one_per_recipient(&mut settings);
-    settings.asynchronous.max_queued = 2;
-    let app = spawn_on(backend, settings).await;
-    let first = queue(&app, &seed_message(), &[]).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    settled(&app, &first, "sent").await;
-    queue(&app, &seed_message(), &[]).await;
-    queue(&app, &seed_message(), &[]).await;
-    let response = app.send_with(&seed_message(), &[ASYNC]).await;
-    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
-    let problem = assert_problem(response, 503, "overloaded").await;
-    assert_eq!(problem["delivery"], "not_sent");
-}
-
 async fn an_idempotent_replay_returns_the_same_202_and_id(backend: Backend) {
     let jelou = MockServer::start().await;
     accept_all(&jelou).await;
@@ -551,67 +423,6 @@ async fn with_the_queue_off_the_preference_is_ignored(backend: Backend) {
     .await;
 }
 
-#[tokio::test]
-async fn an_unreachable_store_refuses_acceptance_in_both_failure_modes() {
-    if !redis_available() {
-        return;
-    }
-    for mode in [FailureMode::FailOpen, FailureMode::FailClosed] {
-        let jelou = MockServer::start().await;
-        accept_all(&jelou).await;
-        let mut settings = settings(&jelou);
-        settings.store.failure_mode = mode;
-        let mut app = spawn_on(Backend::Redis, settings).await;
-        app.redis.as_mut().unwrap().stop();
-        let response = app.send_with(&seed_message(), &[ASYNC]).await;
-        assert_eq!(response.headers().get("retry-after").unwrap(), "1");
-        let problem = assert_problem(response, 503, "overloaded").await;
-        assert_eq!(problem["delivery"], "not_sent", "{mode:?}");
-        assert_eq!(calls(&jelou).await, 0, "{mode:?}");
-    }
-}
-
-#[tokio::test]
-async fn in_redis_the_queue_lives_under_the_prefix_and_a_final_status_expires() {
-    if !redis_available() {
-        return;
-    }
-    let jelou = MockServer::start().await;
-    accept_all(&jelou).await;
-    let mut settings = settings(&jelou);
-    settings.store.key_prefix = "q-test:".into();
-    settings.asynchronous.retention_seconds = 120;
-    let app = spawn_on(Backend::Redis, settings).await;
-    let id = queue(&app, &seed_message(), &[]).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    settled(&app, &id, "sent").await;
-    let redis = app.redis.as_ref().unwrap();
-    let keys: Vec<String> = redis
-        .cli(&["--scan", "--pattern", "*"])
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    assert!(keys.iter().all(|k| k.starts_with("q-test:")), "{keys:?}");
-    assert!(keys.iter().all(|k| !k.contains("987654321")), "{keys:?}");
-    let record = format!("q-test:msg:{id}");
-    assert!(keys.contains(&record), "{keys:?}");
-    let ttl: i64 = redis.cli(&["TTL", &record]).parse().unwrap();
-    assert!((100..=120).contains(&ttl), "TTL {ttl}");
-    // Nothing open is left behind: the stream and the sets are empty.
-    for stream in ["stream", "due"] {
-        assert_eq!(redis.cli(&["XLEN", &format!("q-test:queue:{stream}")]), "0");
-    }
-    for set in ["open", "waiting", "leases"] {
-        assert_eq!(
-            redis.cli(&["ZCARD", &format!("q-test:queue:{set}")]),
-            "0",
-            "{set}"
-        );
-    }
-}
-
 on_both_backends!(
     a_queued_message_is_answered_202_then_sent_once,
     without_the_preference_a_send_stays_synchronous,
@@ -621,10 +432,6 @@ on_both_backends!(
     a_503_is_retried_until_jelou_comes_back,
     a_message_not_sent_before_its_expiry_is_expired,
     an_expiry_out_of_range_is_a_field_error,
-    a_queued_message_is_canceled_and_never_sent,
-    a_backlog_for_one_recipient_never_delays_another,
-    the_bot_limit_paces_the_queue_instead_of_refusing,
-    a_full_queue_is_503_overloaded_with_retry_after,
     an_idempotent_replay_returns_the_same_202_and_id,
     another_callers_message_or_an_unknown_id_is_not_found,
     with_the_queue_off_the_preference_is_ignored,

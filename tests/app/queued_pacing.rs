@@ -1,0 +1,207 @@
+//! Asynchronous sends on both stores, continued: cancellation, pacing by the bot and
+//! recipient limits without head-of-line blocking, the queue's bound, and what the
+//! queue does with Redis (refused acceptance while it is down, its keys).
+
+use std::time::Duration;
+
+use crate::common::*;
+use crate::queued::{ASYNC, calls, message_to, queue, settings, settled, status, time_ms};
+use jelou_relay::config::{FailureMode, Settings};
+use serde_json::Value;
+use wiremock::MockServer;
+
+/// One message per recipient and per six seconds, none at once: a second message to the
+/// same recipient waits, queued.
+fn one_per_recipient(settings: &mut Settings) {
+    settings.recipients.rate_per_second = 0.01;
+    settings.recipients.burst = 1;
+}
+
+async fn a_queued_message_is_canceled_and_never_sent(backend: Backend) {
+    let jelou = MockServer::start().await;
+    accept_all(&jelou).await;
+    let mut settings = settings(&jelou);
+    one_per_recipient(&mut settings);
+    let app = spawn_on(backend, settings).await;
+    let first = queue(&app, &seed_message(), &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    settled(&app, &first, "sent").await;
+    let second = queue(&app, &seed_message(), &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status(&app, &second).await.1["status"], "queued");
+
+    let url = app.url(&format!("/v1/flow-messages/{second}"));
+    let response = app.client.delete(&url).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let canceled: Value = response.json().await.unwrap();
+    assert_eq!(canceled["status"], "canceled");
+    assert_eq!(canceled["delivery"], "not_sent");
+    assert!(canceled.get("error").is_none(), "{canceled}");
+    assert_eq!(status(&app, &second).await.1["status"], "canceled");
+
+    // Final now, and so is a sent one: 409.
+    for id in [&second, &first] {
+        let url = app.url(&format!("/v1/flow-messages/{id}"));
+        let response = app.client.delete(&url).send().await.unwrap();
+        assert_problem(response, 409, "not_cancelable").await;
+    }
+    assert_eq!(calls(&jelou).await, 1);
+}
+
+async fn a_backlog_for_one_recipient_never_delays_another(backend: Backend) {
+    let jelou = MockServer::start().await;
+    accept_all(&jelou).await;
+    let mut settings = settings(&jelou);
+    one_per_recipient(&mut settings);
+    let app = spawn_on(backend, settings).await;
+    let mut backlog = Vec::new();
+    for _ in 0..200 {
+        backlog.push(
+            queue(&app, &seed_message(), &[]).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let other = queue(&app, &message_to("+593 99 000 1111"), &[]).await;
+    let sent = settled(&app, other["id"].as_str().unwrap(), "sent").await;
+    assert_eq!(sent["attempts"], 1);
+    // The backlog is still there: one of it was sent, the rest wait for the pair limit.
+    let mut queued = 0;
+    for id in &backlog {
+        if status(&app, id).await.1["status"] == "queued" {
+            queued += 1;
+        }
+    }
+    assert_eq!(queued, 199);
+    assert_eq!(calls(&jelou).await, 2);
+}
+
+async fn the_bot_limit_paces_the_queue_instead_of_refusing(backend: Backend) {
+    let jelou = MockServer::start().await;
+    accept_all(&jelou).await;
+    let mut settings = settings(&jelou);
+    let bot = settings.bots.get_mut("ventas").unwrap();
+    bot.rate_per_second = Some(20.0);
+    bot.burst = Some(1);
+    let app = spawn_on(backend, settings).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let to = format!("+59399000{i:04}");
+        ids.push(
+            queue(&app, &message_to(&to), &[]).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for id in &ids {
+        settled(&app, id, "sent").await;
+    }
+    let requests = jelou.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 10);
+    // Each message's last change is its send.
+    let mut updated: Vec<u64> = Vec::new();
+    for id in &ids {
+        updated.push(time_ms(
+            status(&app, id).await.1["updated_at"].as_str().unwrap(),
+        ));
+    }
+    updated.sort_unstable();
+    // 10 messages at 20/s with a burst of 1 take at least 9 intervals of 50 ms.
+    let span = updated[9] - updated[0];
+    assert!(span >= 400, "sent over {span} ms");
+}
+
+async fn a_full_queue_is_503_overloaded_with_retry_after(backend: Backend) {
+    let jelou = MockServer::start().await;
+    accept_all(&jelou).await;
+    let mut settings = settings(&jelou);
+    one_per_recipient(&mut settings);
+    settings.asynchronous.max_queued = 2;
+    let app = spawn_on(backend, settings).await;
+    let first = queue(&app, &seed_message(), &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    settled(&app, &first, "sent").await;
+    queue(&app, &seed_message(), &[]).await;
+    queue(&app, &seed_message(), &[]).await;
+    let response = app.send_with(&seed_message(), &[ASYNC]).await;
+    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    let problem = assert_problem(response, 503, "overloaded").await;
+    assert_eq!(problem["delivery"], "not_sent");
+}
+
+#[tokio::test]
+async fn an_unreachable_store_refuses_acceptance_in_both_failure_modes() {
+    if !redis_available() {
+        return;
+    }
+    for mode in [FailureMode::FailOpen, FailureMode::FailClosed] {
+        let jelou = MockServer::start().await;
+        accept_all(&jelou).await;
+        let mut settings = settings(&jelou);
+        settings.store.failure_mode = mode;
+        let mut app = spawn_on(Backend::Redis, settings).await;
+        app.redis.as_mut().unwrap().stop();
+        let response = app.send_with(&seed_message(), &[ASYNC]).await;
+        assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+        let problem = assert_problem(response, 503, "overloaded").await;
+        assert_eq!(problem["delivery"], "not_sent", "{mode:?}");
+        assert_eq!(calls(&jelou).await, 0, "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn in_redis_the_queue_lives_under_the_prefix_and_a_final_status_expires() {
+    if !redis_available() {
+        return;
+    }
+    let jelou = MockServer::start().await;
+    accept_all(&jelou).await;
+    let mut settings = settings(&jelou);
+    settings.store.key_prefix = "q-test:".into();
+    settings.asynchronous.retention_seconds = 120;
+    let app = spawn_on(Backend::Redis, settings).await;
+    let id = queue(&app, &seed_message(), &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    settled(&app, &id, "sent").await;
+    let redis = app.redis.as_ref().unwrap();
+    let keys: Vec<String> = redis
+        .cli(&["--scan", "--pattern", "*"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(keys.iter().all(|k| k.starts_with("q-test:")), "{keys:?}");
+    assert!(keys.iter().all(|k| !k.contains("987654321")), "{keys:?}");
+    let record = format!("q-test:msg:{id}");
+    assert!(keys.contains(&record), "{keys:?}");
+    let ttl: i64 = redis.cli(&["TTL", &record]).parse().unwrap();
+    assert!((100..=120).contains(&ttl), "TTL {ttl}");
+    // Nothing open is left behind: the stream and the sets are empty.
+    for stream in ["stream", "due"] {
+        assert_eq!(redis.cli(&["XLEN", &format!("q-test:queue:{stream}")]), "0");
+    }
+    for set in ["open", "waiting", "leases"] {
+        assert_eq!(
+            redis.cli(&["ZCARD", &format!("q-test:queue:{set}")]),
+            "0",
+            "{set}"
+        );
+    }
+}
+
+on_both_backends!(
+    a_queued_message_is_canceled_and_never_sent,
+    a_backlog_for_one_recipient_never_delays_another,
+    the_bot_limit_paces_the_queue_instead_of_refusing,
+    a_full_queue_is_503_overloaded_with_retry_after,
+);
