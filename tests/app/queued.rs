@@ -157,7 +157,7 @@ async fn a_queued_message_is_answered_202_then_sent_once(backend: Backend) {
 }
 
 /// Milliseconds since the epoch of an RFC 3339 UTC time as the relay writes it.
-pub(crate) fn time_ms(text: &str) -> u64 {
+fn time_ms(text: &str) -> u64 {
     let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .expect("RFC 3339");
     (parsed.unix_timestamp_nanos() / 1_000_000) as u64
