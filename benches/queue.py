@@ -45,6 +45,11 @@ def redis_cli(*args):
     return out.stdout.strip()
 
 
+def redis_ready():
+    out = subprocess.run(["redis-cli", "-p", str(PORT_REDIS), "PING"], capture_output=True, text=True)
+    return out.returncode == 0 and out.stdout.strip() == "PONG"
+
+
 def info(section):
     fields = {}
     for line in redis_cli("INFO", section).splitlines():
@@ -213,6 +218,7 @@ def main():
         procs.start(["redis-server", "--port", str(PORT_REDIS), "--bind", "127.0.0.1",
                      "--dir", str(work), "--appendonly", "yes", "--appendfsync", "everysec",
                      "--save", ""], work / "redis.log")
+        wait_until(redis_ready, 10, "redis-server answering PING")
         procs.start([str(bench.BIN), "simulate", "--host", "127.0.0.1", "--port", str(bench.PORT_SIM),
                      "--client-id", bench.CLIENT_ID, "--client-secret", bench.CLIENT_SECRET],
                     work / "simulator.log")

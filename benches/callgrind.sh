@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# User-space instructions per request, counted by callgrind, for the relay or the floor:
+# the binary runs under valgrind against the relay's own Jelou simulator, collection is
+# switched on once it is ready, wrk sends for DURATION seconds over CONNECTIONS
+# connections, and the total is divided by the requests answered. Deterministic enough to
+# compare two builds of the same code (about ±1 %), unlike wall-clock figures.
+#
+#   cargo build --profile profiling --bin jelou-relay --example floor
+#   bash benches/callgrind.sh relay target/profiling/jelou-relay
+#   bash benches/callgrind.sh floor target/profiling/examples/floor target/profiling/jelou-relay
+#   callgrind_annotate --inclusive=yes /tmp/callgrind.relay.out | head -60
+#
+# Needs valgrind and wrk. The relay runs as in benches/bench.py (production, JSON logs at
+# info to a file, a caller's bearer key, limits above the load).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=$1 binary=$2 relay=${3:-$2}
+connections=${CONNECTIONS:-4} duration=${DURATION:-15}
+sim_port=19481 port=19480 admin=19482
+key=bench-caller-key-0123456789abcdef
+body='{"bot":"ventas","to":"+593 98 765 4321","title":"Hola","text":"Completa este flujo para comenzar","caption":"Jelou","flow":{"name":"flujo_de_bienvenida","cta":"Iniciar Flujo","screen":"RECOMMEND"}}'
+printf '%s' "$body" > /tmp/callgrind-body.json
+printf 'Authorization: Bearer %s\n' "$key" > /tmp/callgrind-headers.txt
+out=/tmp/callgrind.$what.out
+"$relay" simulate --host 127.0.0.1 --port $sim_port > /tmp/callgrind-sim.log 2>&1 &
+sim=$!
+trap 'kill $sim 2>/dev/null || true' EXIT
+if [ "$what" = floor ]; then
+  path=/v1/bots/BOT_ID/users/593987654321/flow_message
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+    "$binary" --port $port --upstream http://127.0.0.1:$sim_port \
+    --authorization "Basic $(printf bench-client:bench-secret | base64)" \
+    > /tmp/callgrind-target.log 2>&1 &
+else
+  path=/v1/flow-messages
+  env -i PATH="$PATH" APP_ENVIRONMENT=production JELOU_RELAY_CONFIG_DIR="$PWD/config" \
+    JELOU_RELAY__SERVER__HOST=127.0.0.1 JELOU_RELAY__SERVER__PORT=$port \
+    JELOU_RELAY__ADMIN__HOST=127.0.0.1 JELOU_RELAY__ADMIN__PORT=$admin \
+    JELOU_RELAY__UPSTREAM__BASE_URL=http://127.0.0.1:$sim_port \
+    JELOU_RELAY__UPSTREAM__CLIENT_ID=bench-client JELOU_RELAY__UPSTREAM__CLIENT_SECRET=bench-secret \
+    JELOU_RELAY__BOTS__VENTAS__ID=BOT_ID \
+    JELOU_RELAY__BOTS__VENTAS__RATE_PER_SECOND=1000000 JELOU_RELAY__BOTS__VENTAS__BURST=1000000 \
+    JELOU_RELAY__RECIPIENTS__RATE_PER_SECOND=1000000 JELOU_RELAY__RECIPIENTS__BURST=1000000 \
+    JELOU_RELAY__CALLERS__BENCH__KEY_SHA256="$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)" \
+    JELOU_RELAY__LOG__FORMAT=json JELOU_RELAY__LOG__LEVEL=info \
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+    "$binary" serve > /tmp/callgrind-target.log 2>&1 &
+fi
+target=$!
+trap 'kill $sim $target 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+  curl -fsS -o /dev/null -X POST -H 'content-type: application/json' -H "authorization: Bearer $key" \
+    --data-binary @/tmp/callgrind-body.json "http://127.0.0.1:$port$path" 2>/dev/null && break
+  sleep 0.1
+done
+callgrind_control -i on "$target" > /dev/null 2>&1
+BENCH_BODY=/tmp/callgrind-body.json BENCH_HEADERS=/tmp/callgrind-headers.txt \
+  BENCH_OUT=/tmp/callgrind-wrk.json wrk -t 1 -c "$connections" -d "${duration}s" \
+  -s benches/wrk.lua "http://127.0.0.1:$port$path" > /dev/null
+requests=$(python3 -c 'import json; print(json.load(open("/tmp/callgrind-wrk.json"))["requests"])')
+callgrind_control -i off "$target" > /dev/null 2>&1
+kill -INT "$target"; wait "$target" 2>/dev/null || true
+total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+printf '%s: %s requests, %s instructions, %s instructions a request\n' \
+  "$what" "$requests" "$total" "$((total / requests))"
