@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::members::{Member, Members, Shape, parse_members};
 use super::phone::Recipient;
-use super::strict_json::kind;
+use super::strict_json::{JsonError, kind};
 use super::text::{Caption, Cta, Text, Title};
 
 /// The longest Flow name, first screen, flow token and flow type accepted, in characters;
@@ -14,6 +15,55 @@ pub const NAME_MAX: usize = 128;
 pub const SCREEN_MAX: usize = 128;
 pub const TOKEN_MAX: usize = 1024;
 pub const TYPE_MAX: usize = 64;
+
+/// The members of a message, in the order [`FlowMessage::parse`] reads them.
+pub static MESSAGE: Shape = Shape {
+    members: &[
+        ("bot", None),
+        ("to", None),
+        ("title", None),
+        ("text", None),
+        ("caption", None),
+        ("flow", Some(&FLOW)),
+        ("type", None),
+        ("context", None),
+    ],
+};
+
+static FLOW: Shape = Shape {
+    members: &[
+        ("name", None),
+        ("cta", None),
+        ("screen", None),
+        ("data", None),
+        ("token", None),
+        ("mode", None),
+        ("action", None),
+    ],
+};
+
+/// A request body read as a message's members, not yet checked.
+#[derive(Debug)]
+pub struct MessageObject(Members);
+
+impl MessageObject {
+    /// Reads a body that must be one JSON object at most `max_depth` deep, without
+    /// duplicate keys.
+    pub fn read(bytes: &[u8], max_depth: usize) -> Result<MessageObject, JsonError> {
+        parse_members(bytes, max_depth, &MESSAGE).map(MessageObject)
+    }
+
+    /// The `bot` member when it is a string, whatever else is wrong with the message.
+    pub fn bot(&self) -> Option<&str> {
+        self.0.str("bot")
+    }
+}
+
+impl From<Map<String, Value>> for MessageObject {
+    fn from(map: Map<String, Value>) -> MessageObject {
+        MessageObject(Members::from_map(map, &MESSAGE))
+    }
+}
 
 /// One problem with one field of the request, by its JSON path (`flow.cta`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -75,9 +125,9 @@ pub struct FlowMessage {
 
 impl FlowMessage {
     /// Parses a request object, reporting every field error at once, unknown fields included.
-    pub fn parse(body: Map<String, Value>) -> Result<FlowMessage, Vec<FieldError>> {
+    pub fn parse(body: impl Into<MessageObject>) -> Result<FlowMessage, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let mut fields = Fields::new(body, "");
+        let mut fields = Fields::new(body.into().0, "");
 
         let bot = fields
             .optional_string("bot", &mut errors)
@@ -95,12 +145,12 @@ impl FlowMessage {
             .required_string("caption", &mut errors)
             .and_then(|v| fields.check("caption", Caption::parse(v), &mut errors));
         let flow = match fields.take("flow") {
-            None | Some(Value::Null) => {
+            None | Some(Member::Value(Value::Null)) => {
                 errors.push(FieldError::new("flow", "is required"));
                 None
             }
-            Some(Value::Object(map)) => parse_flow(map, &mut errors),
-            Some(other) => {
+            Some(Member::Object(members)) => parse_flow(members, &mut errors),
+            Some(Member::Value(other)) => {
                 errors.push(type_error("flow", "an object", &other));
                 None
             }
@@ -129,8 +179,8 @@ impl FlowMessage {
     }
 }
 
-fn parse_flow(map: Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Flow> {
-    let mut fields = Fields::new(map, "flow.");
+fn parse_flow(members: Members, errors: &mut Vec<FieldError>) -> Option<Flow> {
+    let mut fields = Fields::new(members, "flow.");
     let name = fields
         .required_string("name", errors)
         .and_then(|v| fields.check("name", token("name", v, NAME_MAX), errors));
@@ -219,23 +269,32 @@ fn type_error(field: &str, expected: &str, got: &Value) -> FieldError {
     FieldError::new(field, format!("must be {expected}, not {}", kind(got)))
 }
 
-/// Takes fields out of one JSON object so that what is left over is, by definition, unknown.
+/// Takes the members of one JSON object out one by one, reporting each problem under the
+/// member's path.
 struct Fields {
-    map: Map<String, Value>,
+    members: Members,
     prefix: &'static str,
 }
 
 impl Fields {
-    fn new(map: Map<String, Value>, prefix: &'static str) -> Self {
-        Fields { map, prefix }
+    fn new(members: Members, prefix: &'static str) -> Self {
+        Fields { members, prefix }
     }
 
     fn path(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
-    fn take(&mut self, key: &str) -> Option<Value> {
-        self.map.remove(key)
+    fn take(&mut self, key: &str) -> Option<Member> {
+        self.members.take(key)
+    }
+
+    /// A member that is any JSON value (a member of a known shape read as a value again).
+    fn take_value(&mut self, key: &str) -> Option<Value> {
+        match self.take(key)? {
+            Member::Value(value) => Some(value),
+            Member::Object(_) => None,
+        }
     }
 
     /// Records `result`'s error under `key`; returns its value otherwise.
@@ -251,7 +310,7 @@ impl Fields {
     }
 
     fn required_string(&mut self, key: &str, errors: &mut Vec<FieldError>) -> Option<String> {
-        match self.take(key) {
+        match self.take_value(key) {
             None | Some(Value::Null) => {
                 errors.push(FieldError::new(self.path(key), "is required"));
                 None
@@ -266,7 +325,7 @@ impl Fields {
 
     /// Absent and `null` both mean "not given".
     fn optional_string(&mut self, key: &str, errors: &mut Vec<FieldError>) -> Option<String> {
-        match self.take(key) {
+        match self.take_value(key) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s),
             Some(other) => {
@@ -281,7 +340,7 @@ impl Fields {
         key: &str,
         errors: &mut Vec<FieldError>,
     ) -> Option<Map<String, Value>> {
-        match self.take(key) {
+        match self.take_value(key) {
             None | Some(Value::Null) => None,
             Some(Value::Object(map)) => Some(map),
             Some(other) => {
@@ -292,7 +351,7 @@ impl Fields {
     }
 
     fn reject_unknown(self, errors: &mut Vec<FieldError>) {
-        for key in self.map.keys() {
+        for key in self.members.unknown() {
             errors.push(FieldError::new(
                 self.path(key),
                 "is not a known field; check its spelling",

@@ -2,6 +2,7 @@
 
 pub mod bots;
 pub mod flow_message;
+pub mod members;
 pub mod phone;
 pub mod strict_json;
 pub mod text;

@@ -21,13 +21,10 @@ impl fmt::Display for JsonError {
 /// never a stack overflow.
 pub fn parse_object(bytes: &[u8], max_depth: usize) -> Result<Map<String, Value>, JsonError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = StrictSeed {
-        depth: 0,
-        max_depth,
-    }
-    .deserialize(&mut deserializer)
-    .and_then(|v| deserializer.end().map(|()| v.0))
-    .map_err(|e| JsonError(format!("body is not valid JSON: {e}")))?;
+    let value = StrictSeed::top(max_depth)
+        .deserialize(&mut deserializer)
+        .and_then(|v| deserializer.end().map(|()| v.0))
+        .map_err(|e| JsonError(format!("body is not valid JSON: {e}")))?;
     match value {
         Value::Object(map) => Ok(map),
         other => Err(JsonError(format!(
@@ -49,17 +46,25 @@ pub fn kind(value: &Value) -> &'static str {
     }
 }
 
-struct StrictValue(Value);
+pub(crate) struct StrictValue(pub(crate) Value);
 
 /// Deserializes one value at `depth`, refusing containers deeper than `max_depth`.
 #[derive(Clone, Copy)]
-struct StrictSeed {
+pub(crate) struct StrictSeed {
     depth: usize,
     max_depth: usize,
 }
 
 impl StrictSeed {
-    fn nested<E: de::Error>(self) -> Result<StrictSeed, E> {
+    /// The seed for a whole body.
+    pub(crate) fn top(max_depth: usize) -> StrictSeed {
+        StrictSeed {
+            depth: 0,
+            max_depth,
+        }
+    }
+
+    pub(crate) fn nested<E: de::Error>(self) -> Result<StrictSeed, E> {
         if self.depth >= self.max_depth {
             return Err(E::custom(format_args!(
                 "nesting deeper than {} levels",
@@ -126,11 +131,18 @@ impl<'de> Visitor<'de> for StrictSeed {
         let inner = self.nested()?;
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
-            if map.contains_key(&key) {
-                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+            // One lookup per key: the entry is vacant or the key is a duplicate.
+            match map.entry(key) {
+                serde_json::map::Entry::Occupied(entry) => {
+                    return Err(de::Error::custom(format_args!(
+                        "duplicate key {:?}",
+                        entry.key()
+                    )));
+                }
+                serde_json::map::Entry::Vacant(entry) => {
+                    entry.insert(access.next_value_seed(inner)?.0);
+                }
             }
-            let StrictValue(value) = access.next_value_seed(inner)?;
-            map.insert(key, value);
         }
         Ok(StrictValue(Value::Object(map)))
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use jelou_relay::config::{Bot, RateSettings};
 use jelou_relay::domain::FlowMessage;
+use jelou_relay::domain::flow_message::MessageObject;
 use jelou_relay::domain::strict_json::parse_object;
 use jelou_relay::jelou::FlowRequest;
 use proptest::prelude::*;
@@ -127,6 +128,16 @@ proptest! {
         if let Ok(object) = parse_object(&bytes, 32) {
             let _ = FlowMessage::parse(object);
         }
+    }
+
+    #[test]
+    fn reading_a_body_into_members_agrees_with_the_parsed_map(message in valid_message(), key in "[a-z.]{1,12}", value in any_json()) {
+        let mut message = message;
+        message[&key] = value;
+        let bytes = serde_json::to_vec(&message).unwrap();
+        let direct = MessageObject::read(&bytes, 32).map(FlowMessage::parse);
+        let via_map = parse_object(&bytes, 32).map(FlowMessage::parse);
+        prop_assert_eq!(direct, via_map);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::request_id;
 use super::state::AppState;
 use super::trace_context::TraceContext;
 use crate::delivery::Outbound;
-use crate::domain::strict_json::parse_object;
+use crate::domain::flow_message::MessageObject;
 use crate::domain::{Bot, FieldError, FlowMessage};
 use crate::jelou::FlowRequest;
 use answer::{answer_response, deliver, log_failure};
@@ -204,8 +204,8 @@ fn parse_message(
     state: &AppState,
     bytes: &[u8],
 ) -> Result<(FlowMessage, std::sync::Arc<Bot>), ApiError> {
-    let object =
-        parse_object(bytes, state.max_json_depth).map_err(|e| ApiError::MalformedJson(e.0))?;
+    let object = MessageObject::read(bytes, state.max_json_depth)
+        .map_err(|e| ApiError::MalformedJson(e.0))?;
     message_from(state, object)
 }
 
@@ -213,12 +213,10 @@ fn parse_message(
 /// batch), every field error at once.
 fn message_from(
     state: &AppState,
-    object: serde_json::Map<String, serde_json::Value>,
+    object: impl Into<MessageObject>,
 ) -> Result<(FlowMessage, std::sync::Arc<Bot>), ApiError> {
-    let raw_alias = object
-        .get("bot")
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_owned);
+    let object = object.into();
+    let raw_alias = object.bot().map(str::to_owned);
     let parsed = FlowMessage::parse(object);
     let bot = state.bots.resolve(raw_alias.as_deref());
     match (parsed, bot) {
