@@ -22,6 +22,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 FROM chef AS builder
 ENV RUSTFLAGS="-C target-feature=+crt-static"
 COPY --from=planner /src/recipe.json recipe.json
+# .cargo/ trims the Swagger UI that utoipa-swagger-ui unpacks while dependencies cook.
+COPY .cargo/ .cargo/
 RUN cargo chef cook --release --locked --target x86_64-unknown-linux-gnu --recipe-path recipe.json
 COPY . .
 RUN cargo build --release --locked --target x86_64-unknown-linux-gnu --bin jelou-relay \

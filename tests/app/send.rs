@@ -397,7 +397,30 @@ async fn openapi_document_and_docs_page_are_served() {
     assert!(doc["paths"]["/v1/flow-messages"]["post"].is_object());
     let docs = app.client.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
-    assert!(docs.text().await.unwrap().contains("swagger"));
+    let page = docs.text().await.unwrap();
+    assert!(page.contains("swagger"));
+    // What the page loads is served whole (the unused source maps and ES bundles are
+    // left out of the binary, never these).
+    for asset in [
+        "swagger-ui.css",
+        "index.css",
+        "swagger-ui-bundle.js",
+        "swagger-ui-standalone-preset.js",
+        "swagger-initializer.js",
+    ] {
+        assert!(page.contains(asset), "the page loads {asset}");
+        let answer = app
+            .client
+            .get(app.url(&format!("/docs/{asset}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{asset}");
+        assert!(
+            answer.bytes().await.unwrap().len() > 100,
+            "{asset} is not empty"
+        );
+    }
 }
 
 #[tokio::test]
