@@ -31,6 +31,12 @@ buildah bud --isolation chroot --format docker --target runtime \
   --build-context builder="$stage" -t jelou-relay:smoke -f Dockerfile . > /dev/null
 size=$(podman image inspect --format '{{.Size}}' jelou-relay:smoke)
 echo "image size: $size bytes ($((size / 1024 / 1024)) MiB)"
+# The image's budget: 20 MB (the binary is most of it; .cargo/config.toml keeps the
+# Swagger UI's unused files out of it).
+if [ "$size" -ge 20000000 ]; then
+  echo "the image is $size bytes, over its 20,000,000-byte budget" >&2
+  exit 1
+fi
 
 echo "-- run"
 sim_port=18381

@@ -10,8 +10,11 @@ and asynchronous sending on. Three figures:
 
   acceptance   - 202s per second (`Prefer: respond-async`) beside synchronous dry runs
                  (`?dry_run=true`: the same parsing and checks, no store, no send), in
-                 alternating rounds at one concurrency, medians and their ratio. The queue
-                 drains to the simulator meanwhile, on the same two cores, as it would.
+                 alternating rounds at one concurrency, medians and their ratio. Twice:
+                 while the queue drains to the simulator on the same two cores (the bot at
+                 1,000 messages/s), and while it holds (the bot at one message a day: each
+                 message is taken and parked until its slot, never sent), which is the
+                 relay's acceptance work alone.
   commands     - Redis commands per message from acceptance to `sent` (INFO commandstats;
                  commands run inside the relay's scripts are counted too), less what an
                  idle relay spends polling over the same time.
@@ -109,11 +112,11 @@ def wait_until(predicate, timeout, what):
         time.sleep(0.05)
 
 
-def acceptance(work, relay_pid, connections, duration, rounds):
+def acceptance(work, relay_pid, connections, duration, rounds, port=PORT_RELAY):
     auth = {"Authorization": f"Bearer {bench.CALLER_KEY}"}
-    dry = bench.Target("dry_run", f"http://127.0.0.1:{PORT_RELAY}/v1/flow-messages?dry_run=true",
+    dry = bench.Target("dry_run", f"http://127.0.0.1:{port}/v1/flow-messages?dry_run=true",
                        bench.RELAY_MESSAGE, auth, [relay_pid])
-    queued = bench.Target("async", f"http://127.0.0.1:{PORT_RELAY}/v1/flow-messages",
+    queued = bench.Target("async", f"http://127.0.0.1:{port}/v1/flow-messages",
                           bench.RELAY_MESSAGE, dict(auth, Prefer="respond-async"), [relay_pid])
     runs = []
     for round_ in range(rounds):
@@ -230,6 +233,17 @@ def main():
         bench.log(f"== acceptance: 202s beside dry runs, {args.connections} connections, "
                   f"{args.rounds} alternating rounds of {args.duration} s")
         runs, accept = acceptance(work, relay.pid, args.connections, args.duration, args.rounds)
+        procs.stop(relay)
+        bench.log("== acceptance again, the queue holding (the bot at one message a day)")
+        held = procs.start([str(bench.BIN), "serve"], work / "relay-held.log",
+                           env=relay_env(PORT_IDLE, PORT_IDLE_ADMIN, 0.00001))
+        bench.wait_http(PORT_IDLE, "/readyz", want=200)
+        held_runs, accept_held = acceptance(work, held.pid, args.connections, args.duration,
+                                            args.rounds, PORT_IDLE)
+        procs.stop(held)
+        relay = procs.start([str(bench.BIN), "serve"], work / "relay-2.log",
+                            env=relay_env(PORT_RELAY, PORT_ADMIN, 1000))
+        bench.wait_http(PORT_RELAY, "/readyz", want=200)
         bench.log(f"== Redis commands per message ({args.messages} messages, accepted to sent)")
         commands = commands_per_message(args.messages, 2 if args.smoke else 5)
         bench.log(f"== bytes per queued message ({args.queued} messages waiting)")
@@ -238,15 +252,17 @@ def main():
         procs.stop_all()
 
     results = {"machine": bench.machine(), "connections": args.connections,
-               "acceptance": accept, "runs": runs, "commands": commands, "memory": memory}
+               "acceptance": accept, "runs": runs, "acceptance_held": accept_held,
+               "runs_held": held_runs, "commands": commands, "memory": memory}
     (out / "queue.json").write_text(json.dumps(results, indent=2))
-    d, a = accept["dry_run"], accept["async"]
-    print(f"\nAcceptance at {args.connections} connections, medians of {args.rounds} rounds:")
-    print("| | req/s | p50 ms | p99 ms | CPU µs/req |")
-    print("|---|---|---|---|---|")
-    print(f"| synchronous dry run | {d['rps']:.0f} | {d['p50_ms']} | {d['p99_ms']} | {d['cpu_us_per_request']} |")
-    print(f"| asynchronous (202) | {a['rps']:.0f} | {a['p50_ms']} | {a['p99_ms']} | {a['cpu_us_per_request']} |")
-    print(f"| ratio | {accept['ratio']} | | | |")
+    for title, figures in (("while the queue drains", accept), ("while the queue holds", accept_held)):
+        d, a = figures["dry_run"], figures["async"]
+        print(f"\nAcceptance {title}, {args.connections} connections, medians of {args.rounds} rounds:")
+        print("| | req/s | p50 ms | p99 ms | CPU µs/req |")
+        print("|---|---|---|---|---|")
+        print(f"| synchronous dry run | {d['rps']:.0f} | {d['p50_ms']} | {d['p99_ms']} | {d['cpu_us_per_request']} |")
+        print(f"| asynchronous (202) | {a['rps']:.0f} | {a['p50_ms']} | {a['p99_ms']} | {a['cpu_us_per_request']} |")
+        print(f"| ratio | {figures['ratio']} | | | |")
     print(f"\nRedis commands per message, accepted to sent: {commands['total']}")
     print("| command | per message |")
     print("|---|---|")
