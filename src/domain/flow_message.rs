@@ -4,9 +4,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::fields::{Fields, type_error};
 use super::members::{Member, Members, Shape, parse_members};
 use super::phone::Recipient;
-use super::strict_json::{JsonError, kind};
+use super::strict_json::JsonError;
 use super::text::{Caption, Cta, Text, Title};
 
 /// The longest Flow name, first screen, flow token and flow type accepted, in characters;
@@ -263,101 +264,6 @@ fn token(name: &str, value: String, max: usize) -> Result<String, String> {
         return Err(format!("must be at most {max} characters (got {count})"));
     }
     Ok(value)
-}
-
-fn type_error(field: &str, expected: &str, got: &Value) -> FieldError {
-    FieldError::new(field, format!("must be {expected}, not {}", kind(got)))
-}
-
-/// Takes the members of one JSON object out one by one, reporting each problem under the
-/// member's path.
-struct Fields {
-    members: Members,
-    prefix: &'static str,
-}
-
-impl Fields {
-    fn new(members: Members, prefix: &'static str) -> Self {
-        Fields { members, prefix }
-    }
-
-    fn path(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
-    fn take(&mut self, key: &str) -> Option<Member> {
-        self.members.take(key)
-    }
-
-    /// A member that is any JSON value (a member of a known shape read as a value again).
-    fn take_value(&mut self, key: &str) -> Option<Value> {
-        match self.take(key)? {
-            Member::Value(value) => Some(value),
-            Member::Object(_) => None,
-        }
-    }
-
-    /// Records `result`'s error under `key`; returns its value otherwise.
-    fn check<T>(
-        &self,
-        key: &str,
-        result: Result<T, String>,
-        errors: &mut Vec<FieldError>,
-    ) -> Option<T> {
-        result
-            .map_err(|message| errors.push(FieldError::new(self.path(key), message)))
-            .ok()
-    }
-
-    fn required_string(&mut self, key: &str, errors: &mut Vec<FieldError>) -> Option<String> {
-        match self.take_value(key) {
-            None | Some(Value::Null) => {
-                errors.push(FieldError::new(self.path(key), "is required"));
-                None
-            }
-            Some(Value::String(s)) => Some(s),
-            Some(other) => {
-                errors.push(type_error(&self.path(key), "a string", &other));
-                None
-            }
-        }
-    }
-
-    /// Absent and `null` both mean "not given".
-    fn optional_string(&mut self, key: &str, errors: &mut Vec<FieldError>) -> Option<String> {
-        match self.take_value(key) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(other) => {
-                errors.push(type_error(&self.path(key), "a string", &other));
-                None
-            }
-        }
-    }
-
-    fn optional_object(
-        &mut self,
-        key: &str,
-        errors: &mut Vec<FieldError>,
-    ) -> Option<Map<String, Value>> {
-        match self.take_value(key) {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(map)) => Some(map),
-            Some(other) => {
-                errors.push(type_error(&self.path(key), "an object", &other));
-                None
-            }
-        }
-    }
-
-    fn reject_unknown(self, errors: &mut Vec<FieldError>) {
-        for key in self.members.unknown() {
-            errors.push(FieldError::new(
-                self.path(key),
-                "is not a known field; check its spelling",
-            ));
-        }
-    }
 }
 
 #[cfg(test)]

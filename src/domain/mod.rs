@@ -1,6 +1,7 @@
 //! Parsed, validated message types: no HTTP and no I/O here.
 
 pub mod bots;
+mod fields;
 pub mod flow_message;
 pub mod members;
 pub mod phone;
