@@ -1,11 +1,29 @@
 //! Taking a message object's members out one by one, each problem reported under the
 //! member's path (`flow.cta`), whatever is left over reported as unknown.
 
+use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
-use super::flow_message::FieldError;
 use super::members::{Member, Members};
 use super::strict_json::kind;
+
+/// One problem with one field of the request, by its JSON path (`flow.cta`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `flow.cta`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 pub(super) fn type_error(field: &str, expected: &str, got: &Value) -> FieldError {
     FieldError::new(field, format!("must be {expected}, not {}", kind(got)))

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+pub use super::fields::FieldError;
 use super::fields::{Fields, type_error};
 use super::members::{Member, Members, Shape, parse_members};
 use super::phone::Recipient;
@@ -63,23 +64,6 @@ impl MessageObject {
 impl From<Map<String, Value>> for MessageObject {
     fn from(map: Map<String, Value>) -> MessageObject {
         MessageObject(Members::from_map(map, &MESSAGE))
-    }
-}
-
-/// One problem with one field of the request, by its JSON path (`flow.cta`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct FieldError {
-    /// Dotted path of the field, e.g. `flow.cta`.
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
     }
 }
 
