@@ -51,6 +51,8 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_ta
 return math.ceil(allow_at - now)
 "#;
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// What a check is about.
 #[derive(Debug, Clone, Copy)]
 pub enum Limit<'a> {
@@ -86,7 +88,11 @@ impl SharedLimiter {
             Limit::Bot(bot) => self.store.key(&["rate", "bot", bot]),
             Limit::Recipient { bot, to } => {
                 let digest = Sha256::digest(to.as_bytes());
-                let hashed: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+                let mut hashed = String::with_capacity(24);
+                for byte in &digest[..12] {
+                    hashed.push(char::from(HEX[usize::from(byte >> 4)]));
+                    hashed.push(char::from(HEX[usize::from(byte & 0xf)]));
+                }
                 self.store.key(&["rate", "to", bot, &hashed])
             }
         }

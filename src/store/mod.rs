@@ -185,7 +185,9 @@ impl RedisStore {
 
     /// `prefix` + `parts` joined with `:`.
     pub fn key(&self, parts: &[&str]) -> String {
-        let mut key = self.prefix.clone();
+        let len = parts.iter().map(|p| p.len() + 1).sum::<usize>();
+        let mut key = String::with_capacity(self.prefix.len() + len);
+        key.push_str(&self.prefix);
         for (i, part) in parts.iter().enumerate() {
             if i > 0 {
                 key.push(':');

@@ -15,6 +15,7 @@ use crate::api::state::AppState;
 use crate::domain::FieldError;
 use crate::idempotency::{Reservation, StoredAnswer};
 use crate::jelou::FlowRequest;
+use crate::queue::message::JelouBody;
 use crate::queue::message::{new_id, now_ms};
 use crate::queue::worker::log_change;
 use crate::queue::{Message, QueueError, Status};
@@ -71,7 +72,7 @@ pub fn message(caller: &Authenticated, request: &FlowRequest, ttl: Duration) -> 
         request_id: request.request_id.clone(),
         traceparent: request.traceparent.clone(),
         url: request.url.to_string(),
-        body: String::from_utf8_lossy(&request.body).into_owned(),
+        body: JelouBody::new(&request.body),
         not_before_ms: 0,
         slot_ms: None,
         upstream: None,
