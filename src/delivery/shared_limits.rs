@@ -51,8 +51,6 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_ta
 return math.ceil(allow_at - now)
 "#;
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// What a check is about.
 #[derive(Debug, Clone, Copy)]
 pub enum Limit<'a> {
@@ -88,11 +86,7 @@ impl SharedLimiter {
             Limit::Bot(bot) => self.store.key(&["rate", "bot", bot]),
             Limit::Recipient { bot, to } => {
                 let digest = Sha256::digest(to.as_bytes());
-                let mut hashed = String::with_capacity(24);
-                for byte in &digest[..12] {
-                    hashed.push(char::from(HEX[usize::from(byte >> 4)]));
-                    hashed.push(char::from(HEX[usize::from(byte & 0xf)]));
-                }
+                let hashed: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
                 self.store.key(&["rate", "to", bot, &hashed])
             }
         }
