@@ -72,6 +72,19 @@ impl<K: Hash + Eq> Table<K> {
         None
     }
 
+    /// When the next cell of `key` is free, spending nothing.
+    pub fn next_free<Q>(&self, key: &Q, rate: &RateSettings) -> Instant
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let (interval, burst) = cell(rate);
+        let now = self.now();
+        let tats = self.lock(now);
+        let tat = tats.get(key).copied().unwrap_or(now).max(now);
+        self.at((tat + interval).saturating_sub(interval * burst).max(now))
+    }
+
     /// Takes the next free cell of `key`, now or later, when it comes no later than
     /// `latest`; returns when it is. `None`: no cell is free by then (nothing spent).
     pub fn reserve<Q>(&self, key: &Q, rate: &RateSettings, latest: Instant) -> Option<Instant>
@@ -179,6 +192,7 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(500);
         assert!(table.reserve("bot", &limit, soon).is_some());
         assert_eq!(table.reserve("bot", &limit, soon), None);
+        assert!(table.next_free("bot", &limit) > soon);
         let later = Instant::now() + Duration::from_secs(5);
         let at = table
             .reserve("bot", &limit, later)

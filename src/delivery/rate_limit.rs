@@ -49,15 +49,37 @@ impl LocalLimits {
         }
     }
 
-    fn reserve(&self, limit: Limit<'_>, rate: &RateSettings, latest: Instant) -> Option<Instant> {
-        let rate = divided(rate, self.share);
-        match limit {
-            Limit::Bot(alias) => self.per_bot.reserve(alias, &rate, latest),
-            Limit::Recipient { bot, to } => {
-                self.per_recipient
-                    .reserve(&format!("{bot}\u{1f}{to}"), &rate, latest)
-            }
+    /// A cell of every limit, each at its next free time, when all of them come by
+    /// `latest`: when the last is. `None`: one would come later (nothing spent, as in
+    /// the shared limiter's one script).
+    fn reserve_all(
+        &self,
+        limits: &[(Limit<'_>, RateSettings)],
+        latest: Instant,
+    ) -> Option<Instant> {
+        let keyed: Vec<_> = limits
+            .iter()
+            .map(|(limit, rate)| {
+                let rate = divided(rate, self.share);
+                match *limit {
+                    Limit::Bot(alias) => (&self.per_bot, alias.to_string(), rate),
+                    Limit::Recipient { bot, to } => {
+                        (&self.per_recipient, format!("{bot}\u{1f}{to}"), rate)
+                    }
+                }
+            })
+            .collect();
+        if keyed
+            .iter()
+            .any(|(table, key, rate)| table.next_free(key.as_str(), rate) > latest)
+        {
+            return None;
         }
+        keyed
+            .iter()
+            .try_fold(Instant::now(), |last, (table, key, rate)| {
+                Some(last.max(table.reserve(key.as_str(), rate, latest)?))
+            })
     }
 }
 
@@ -142,24 +164,30 @@ impl Limits {
         }
     }
 
-    /// Reserves the next cell of `limit` no later than `latest`: when it is, or `None`
-    /// when no cell is free by then (nothing spent).
-    async fn reserve(
+    /// When `request` may go under both its recipient's and its bot's limits, with a
+    /// cell of each reserved for then; `None` when that would be after `latest` (and
+    /// nothing is spent).
+    pub async fn pace(
         &self,
-        limit: Limit<'_>,
-        rate: &RateSettings,
+        request: &FlowRequest,
         latest: Instant,
     ) -> Result<Option<Instant>, DeliveryFailure> {
+        let bot = request.bot.alias.as_str();
+        let to = request.recipient.as_str();
+        let limits = [
+            (Limit::Recipient { bot, to }, self.recipients),
+            (Limit::Bot(bot), request.bot.rate),
+        ];
         let Some(shared) = &self.shared else {
-            return Ok(self.local.reserve(limit, rate, latest));
+            return Ok(self.local.reserve_all(&limits, latest));
         };
-        match Box::pin(shared.reserve(limit, rate, latest)).await {
+        match Box::pin(shared.reserve(&limits, latest)).await {
             Ok(at) => Ok(at),
             Err(error) => {
                 let mode = shared.store().failure_mode;
                 crate::store::count_unavailable("rate_limit", mode);
                 match mode {
-                    FailureMode::FailOpen => Ok(self.local.reserve(limit, rate, latest)),
+                    FailureMode::FailOpen => Ok(self.local.reserve_all(&limits, latest)),
                     FailureMode::FailClosed => {
                         tracing::warn!(%error, "queued send waits: the shared rate-limit store is unreachable (fail_closed)");
                         Err(DeliveryFailure::overloaded(
@@ -169,25 +197,6 @@ impl Limits {
                 }
             }
         }
-    }
-
-    /// When `request` may go under both its recipient's and its bot's limits, with a
-    /// cell of each reserved for then; `None` when that would be after `latest`.
-    pub async fn pace(
-        &self,
-        request: &FlowRequest,
-        latest: Instant,
-    ) -> Result<Option<Instant>, DeliveryFailure> {
-        let bot = request.bot.alias.as_str();
-        let to = request.recipient.as_str();
-        let recipient = Limit::Recipient { bot, to };
-        let Some(first) = self.reserve(recipient, &self.recipients, latest).await? else {
-            return Ok(None);
-        };
-        let at = self
-            .reserve(Limit::Bot(bot), &request.bot.rate, latest)
-            .await?;
-        Ok(at.map(|at| at.max(first)))
     }
 
     /// Takes one cell of `limit`, waiting while the wait fits in the budget.

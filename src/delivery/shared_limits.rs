@@ -30,25 +30,31 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_ta
 return 0
 "#;
 
-/// Reserves the next cell, now or later, when it comes before ARGV[3] (microseconds
-/// from now): returns the wait until it (0: now), or -1 when none is free by then
-/// (nothing spent).
+/// Reserves the next cell of every key (each with its own interval and burst), now or
+/// later, when all of them come before ARGV[1] (microseconds from now): returns the
+/// wait until the last of them (0: now), or -1 when one would come later (nothing
+/// spent). One script for a message's recipient and bot limits: one round trip, and no
+/// cell of one spent when the other has none.
 const GCRA_RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local latest = now + tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local allow_at = tat + interval - interval * burst
-if allow_at < now then allow_at = now end
-if allow_at > latest then
-  return -1
+local latest = now + tonumber(ARGV[1])
+local at = now
+local tats = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local allow_at = tat + interval - interval * burst
+  if allow_at > latest then return -1 end
+  if allow_at > at then at = allow_at end
+  tats[i] = tat + interval
 end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return math.ceil(allow_at - now)
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%d', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1)
+end
+return math.ceil(at - now)
 "#;
 
 /// What a check is about.
@@ -98,10 +104,11 @@ impl SharedLimiter {
         limit: Limit<'_>,
         rate: &RateSettings,
     ) -> Result<Option<Duration>, StoreError> {
-        let interval_us = (1e6 / rate.rate_per_second.max(1e-9)).round().max(1.0) as u64;
-        let burst = rate.burst.max(1);
         let mut invocation = self.script.prepare_invoke();
-        invocation.key(self.key(limit)).arg(interval_us).arg(burst);
+        invocation
+            .key(self.key(limit))
+            .arg(interval_us(rate))
+            .arg(rate.burst.max(1));
         let wait_us: u64 = self
             .store
             .run("rate_limit", async |connection| {
@@ -111,22 +118,22 @@ impl SharedLimiter {
         Ok((wait_us > 0).then(|| Duration::from_micros(wait_us)))
     }
 
-    /// Reserves the next cell no later than `latest`: when it is, or `None`.
+    /// Reserves a cell of every limit no later than `latest`: when the last of them
+    /// is, or `None` (nothing spent).
     pub async fn reserve(
         &self,
-        limit: Limit<'_>,
-        rate: &RateSettings,
+        limits: &[(Limit<'_>, RateSettings)],
         latest: Instant,
     ) -> Result<Option<Instant>, StoreError> {
-        let interval_us = (1e6 / rate.rate_per_second.max(1e-9)).round().max(1.0) as u64;
-        let burst = rate.burst.max(1);
         let horizon_us = latest.saturating_duration_since(Instant::now()).as_micros() as u64;
         let mut invocation = self.reserve.prepare_invoke();
-        invocation
-            .key(self.key(limit))
-            .arg(interval_us)
-            .arg(burst)
-            .arg(horizon_us);
+        invocation.arg(horizon_us);
+        for (limit, rate) in limits {
+            invocation
+                .key(self.key(*limit))
+                .arg(interval_us(rate))
+                .arg(rate.burst.max(1));
+        }
         let wait_us: i64 = self
             .store
             .run("rate_limit", async |connection| {
@@ -137,4 +144,9 @@ impl SharedLimiter {
             .ok()
             .map(|wait| Instant::now() + Duration::from_micros(wait)))
     }
+}
+
+/// Microseconds between two cells of `rate`.
+fn interval_us(rate: &RateSettings) -> u64 {
+    (1e6 / rate.rate_per_second.max(1e-9)).round().max(1.0) as u64
 }

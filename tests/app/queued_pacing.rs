@@ -129,6 +129,29 @@ async fn the_bot_limit_paces_the_queue_instead_of_refusing(backend: Backend) {
     assert!(span >= Duration::from_millis(350), "sent over {span:?}");
 }
 
+async fn a_message_that_cannot_leave_before_it_expires_spends_no_recipient_cell(backend: Backend) {
+    let jelou = MockServer::start().await;
+    accept_all(&jelou).await;
+    let mut settings = settings(&jelou);
+    one_per_recipient(&mut settings);
+    let bot = settings.bots.get_mut("ventas").unwrap();
+    bot.rate_per_second = Some(0.5);
+    bot.burst = Some(1);
+    let app = spawn_on(backend, settings).await;
+    let first = queue(&app, &message_to("+593 99 000 1111"), &[]).await;
+    settled(&app, first["id"].as_str().unwrap(), "sent").await;
+    // The bot's next cell is two seconds away, after this message's expiry.
+    let short = [("x-message-ttl-seconds", "1")];
+    let late = queue(&app, &message_to("+593 99 000 2222"), &short).await;
+    let expired = settled(&app, late["id"].as_str().unwrap(), "expired").await;
+    assert_eq!(expired["delivery"], "not_sent");
+    // Its recipient's one cell (the next comes in 100 s) was not spent on it: the next
+    // message to that recipient leaves with the bot's next cell.
+    let next = queue(&app, &message_to("+593 99 000 2222"), &[]).await;
+    settled(&app, next["id"].as_str().unwrap(), "sent").await;
+    assert_eq!(calls(&jelou).await, 2);
+}
+
 async fn a_full_queue_is_503_overloaded_with_retry_after(backend: Backend) {
     let jelou = MockServer::start().await;
     accept_all(&jelou).await;
@@ -214,5 +237,6 @@ on_both_backends!(
     a_queued_message_is_canceled_and_never_sent,
     a_backlog_for_one_recipient_never_delays_another,
     the_bot_limit_paces_the_queue_instead_of_refusing,
+    a_message_that_cannot_leave_before_it_expires_spends_no_recipient_cell,
     a_full_queue_is_503_overloaded_with_retry_after,
 );
