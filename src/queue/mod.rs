@@ -118,6 +118,10 @@ pub trait QueueStore: Send + Sync + std::fmt::Debug {
     /// Messages whose attempt lease passed without an answer.
     async fn lapsed(&self, now_ms: u64) -> Result<Vec<String>, QueueError>;
     async fn depth(&self) -> Result<Depth, QueueError>;
+    /// Frees what no replica needs any more (the Redis streams' finished entries).
+    async fn tidy(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
     /// Messages still queued: logged at exit when they live in this process.
     async fn remaining(&self) -> Vec<Message>;
     /// Whether messages survive this process.

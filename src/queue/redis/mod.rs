@@ -6,8 +6,9 @@
 //!
 //! Every change is one script that checks the version, so it is atomic and fenced: two
 //! replicas holding the same message (one stalled past the claim time) cannot both
-//! start its attempt. Entries are acknowledged and deleted as their message moves on,
-//! so the stream holds only what is ready or being taken.
+//! start its attempt. Entries are acknowledged as their message moves on, and each
+//! sweep trims what the group is done with, so the streams hold little beyond what is
+//! ready or being taken.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,7 @@ mod outbox;
 mod scripts;
 mod stream;
 
-use scripts::{CHANGE, ENQUEUE, PROMOTE, TAKE_NOTICES};
+use scripts::{CHANGE, ENQUEUE, PROMOTE, TAKE_NOTICES, TRIM};
 use stream::{Lane, entry_message};
 
 const GROUP: &str = "relay";
@@ -44,6 +45,7 @@ pub struct RedisQueue {
     change: redis::Script,
     promote: redis::Script,
     take_notices: redis::Script,
+    trim: redis::Script,
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -78,6 +80,7 @@ impl RedisQueue {
             change: redis::Script::new(CHANGE),
             promote: redis::Script::new(PROMOTE),
             take_notices: redis::Script::new(TAKE_NOTICES),
+            trim: redis::Script::new(TRIM),
         }
     }
 
@@ -232,12 +235,14 @@ impl QueueStore for RedisQueue {
     async fn drop_entry(&self, entry: &str) -> Result<(), QueueError> {
         let (lane, entry) = Lane::of(entry);
         let stream = self.key(lane.part());
-        let mut pipe = redis::pipe();
-        pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(entry).ignore();
-        pipe.cmd("XDEL").arg(&stream).arg(entry).ignore();
         self.store
             .run("queue", async |c: &mut MultiplexedConnection| {
-                pipe.query_async::<()>(c).await
+                redis::cmd("XACK")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(entry)
+                    .query_async::<()>(c)
+                    .await
             })
             .await?;
         Ok(())
@@ -316,6 +321,11 @@ impl QueueStore for RedisQueue {
             open: count,
             oldest_ms: oldest.first().map(|(_, created)| *created as u64),
         })
+    }
+
+    async fn tidy(&self) -> Result<(), QueueError> {
+        self.trim_streams().await?;
+        Ok(())
     }
 
     async fn notices_due(

@@ -18,7 +18,7 @@ return 1
 "#;
 
 /// KEYS: hash, stream, waiting, leases, open, outbox, notice. ARGV: id, version read,
-/// status, JSON, entry to acknowledge ('' for none), placement (due, leased, final), its
+/// status, JSON, entry to acknowledge ('' for none; `TRIM` later drops it), placement (due, leased, final), its
 /// time (ms since the epoch) or the retention (ms), the notice's JSON ('' for none), now
 /// (ms). Returns the new version, 0 when another writer came first, -1 when the message
 /// is gone.
@@ -30,7 +30,6 @@ local nv = tonumber(v) + 1
 redis.call('HSET', KEYS[1], 'version', nv, 'status', ARGV[3], 'json', ARGV[4])
 if ARGV[5] ~= '' then
   redis.call('XACK', KEYS[2], 'relay', ARGV[5])
-  redis.call('XDEL', KEYS[2], ARGV[5])
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -67,4 +66,34 @@ for _, id in ipairs(due) do
   redis.call('ZADD', KEYS[1], ARGV[3], id)
 end
 return due
+"#;
+
+/// KEYS: the streams. ARGV: the group. Drops the entries the group is done with: those
+/// before its oldest pending entry, or, with none pending, up to the last it read. An
+/// entry not yet read or not yet acknowledged stays. One trim a sweep instead of an
+/// `XDEL` per message: deleting one entry walks its listpack node (and, for the first
+/// entry, the stream's edge) over every deleted entry before it.
+pub(super) const TRIM: &str = r#"
+for _, stream in ipairs(KEYS) do
+  if redis.call('EXISTS', stream) == 1 then
+    local last
+    for _, group in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+      local info = {}
+      for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+      if info['name'] == ARGV[1] then last = info['last-delivered-id'] end
+    end
+    if last then
+      local pending = redis.call('XPENDING', stream, ARGV[1])
+      local keep
+      if pending[1] > 0 then
+        keep = pending[2]
+      else
+        local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+        keep = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+      end
+      redis.call('XTRIM', stream, 'MINID', keep)
+    end
+  end
+end
+return 0
 "#;

@@ -187,4 +187,19 @@ impl RedisQueue {
             }
         }
     }
+
+    /// Drops the entries the group is done with (`scripts::TRIM`).
+    pub(super) async fn trim_streams(&self) -> Result<(), StoreError> {
+        let mut invocation = self.trim.prepare_invoke();
+        for lane in Lane::ALL {
+            invocation.key(self.key(lane.part()));
+        }
+        invocation.arg(GROUP);
+        self.store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                invocation.invoke_async::<i64>(c).await
+            })
+            .await?;
+        Ok(())
+    }
 }

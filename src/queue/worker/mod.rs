@@ -208,7 +208,7 @@ impl Worker {
         self.send(message, entry, request).await;
     }
 
-    /// Closes lapsed attempts and reports the depth.
+    /// Closes lapsed attempts, trims what is finished, and reports the depth.
     async fn sweep(&self) {
         let now = now_ms();
         match self.queue.lapsed(now).await {
@@ -226,6 +226,9 @@ impl Worker {
                 }
             }
             Err(error) => tracing::debug!(%error, "queue: cannot read lapsed attempts"),
+        }
+        if let Err(error) = self.queue.tidy().await {
+            tracing::debug!(%error, "queue: cannot trim finished entries");
         }
         if let Ok(depth) = self.queue.depth().await {
             metrics::gauge!(crate::metrics::QUEUE_DEPTH).set(depth.open as f64);
