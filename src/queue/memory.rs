@@ -91,12 +91,21 @@ impl QueueStore for MemoryQueue {
         if inner.open.len() + messages.len() > max_queued {
             return Err(QueueError::Full);
         }
+        let now = now_ms();
         for message in messages {
             let mut message = message.clone();
             message.version = 1;
-            inner.open.insert((message.created_ms, message.id.clone()));
-            inner.ready.push_back(message.id.clone());
-            inner.messages.insert(message.id.clone(), message);
+            let id = message.id.clone();
+            inner.open.insert((message.created_ms, id.clone()));
+            if message.not_before_ms > now {
+                inner
+                    .placed
+                    .insert(id.clone(), Placed::Waiting(message.not_before_ms));
+                inner.waiting.insert((message.not_before_ms, id.clone()));
+            } else {
+                inner.ready.push_back(id.clone());
+            }
+            inner.messages.insert(id, message);
         }
         Ok(())
     }

@@ -10,6 +10,7 @@
 
 mod memory;
 pub mod message;
+pub mod pacing;
 mod redis;
 pub mod worker;
 
@@ -78,7 +79,8 @@ pub struct Depth {
 #[async_trait]
 pub trait QueueStore: Send + Sync + std::fmt::Debug {
     /// Queues every message of `messages`, or none when that would make more than
-    /// `max_queued` open messages.
+    /// `max_queued` open messages. One whose `not_before_ms` is later than now waits
+    /// until then; the others are ready at once.
     async fn enqueue(&self, messages: &[Message], max_queued: usize) -> Result<(), QueueError>;
     /// The message, with its current version; `None` past its retention.
     async fn get(&self, id: &str) -> Result<Option<Message>, QueueError>;

@@ -17,6 +17,7 @@ use crate::idempotency::{Reservation, StoredAnswer};
 use crate::jelou::FlowRequest;
 use crate::queue::message::JelouBody;
 use crate::queue::message::{new_id, now_ms};
+use crate::queue::pacing;
 use crate::queue::worker::log_change;
 use crate::queue::{Message, QueueError, Status};
 
@@ -131,8 +132,11 @@ pub async fn complete(state: &AppState, key: Option<&Reservation>, answer: &Stor
     }
 }
 
-/// Queues `request`; the 202, or why nothing was queued. The key, when held, is
-/// completed with the 202 or released.
+/// Paces `request` (its cells reserved now, so that a message that must wait goes
+/// straight to wait) and queues it; the 202, or why nothing was queued. The key, when
+/// held, is completed with the 202 or released. A refusal after the reservation (a full
+/// queue, an unreachable store) leaves its cells spent: a later message waits one cell
+/// longer, nothing is sent.
 pub async fn enqueue(
     state: &AppState,
     caller: &Authenticated,
@@ -143,7 +147,8 @@ pub async fn enqueue(
     let Some(queue) = state.queue.as_ref() else {
         return Err(ApiError::Internal);
     };
-    let message = message(caller, request, ttl);
+    let mut message = message(caller, request, ttl);
+    pacing::on_acceptance(&state.delivery.paced, request, &mut message).await;
     let queued = queue
         .enqueue(
             std::slice::from_ref(&message),

@@ -121,6 +121,15 @@ impl RedisQueue {
     }
 }
 
+/// When a message just queued is due: 0 when at once.
+fn waits_until(message: &Message, now: u64) -> u64 {
+    if message.not_before_ms > now {
+        message.not_before_ms
+    } else {
+        0
+    }
+}
+
 fn encode(message: &Message) -> Result<String, StoreError> {
     serde_json::to_string(message).map_err(|e| StoreError(format!("cannot encode a message: {e}")))
 }
@@ -132,8 +141,10 @@ impl QueueStore for RedisQueue {
         let mut invocation = self.enqueue.prepare_invoke();
         invocation
             .key(self.key("open"))
-            .key(self.key(Lane::Fresh.part()));
+            .key(self.key(Lane::Fresh.part()))
+            .key(self.key("waiting"));
         invocation.arg(max_queued);
+        let now = super::message::now_ms();
         for message in messages {
             // Past its expiry and retention a message is forgotten even if no replica
             // ever ran again to close it.
@@ -144,7 +155,8 @@ impl QueueStore for RedisQueue {
                 .arg(&message.id)
                 .arg(encode(message)?)
                 .arg(message.created_ms)
-                .arg(retention_ms);
+                .arg(retention_ms)
+                .arg(waits_until(message, now));
         }
         let queued: i64 = self
             .store

@@ -1,18 +1,23 @@
 //! The queue's Lua scripts: each change is one atomic step in Redis.
 
-/// KEYS: open, stream, then one hash per message. ARGV: max_queued, then per message
-/// id, JSON, created ms, TTL ms. Returns 0 when the queue is full (nothing queued).
+/// KEYS: open, stream, waiting, then one hash per message. ARGV: max_queued, then per
+/// message id, JSON, created ms, TTL ms, and when it is due (ms; 0: now). Returns 0
+/// when the queue is full (nothing queued).
 pub(super) const ENQUEUE: &str = r#"
 local max = tonumber(ARGV[1])
-local n = #KEYS - 2
+local n = #KEYS - 3
 if redis.call('ZCARD', KEYS[1]) + n > max then return 0 end
 for i = 1, n do
-  local base = 1 + (i - 1) * 4
+  local base = 1 + (i - 1) * 5
   local id = ARGV[base + 1]
-  redis.call('HSET', KEYS[2 + i], 'version', 1, 'status', 'queued', 'json', ARGV[base + 2])
-  redis.call('PEXPIRE', KEYS[2 + i], ARGV[base + 4])
+  redis.call('HSET', KEYS[3 + i], 'version', 1, 'status', 'queued', 'json', ARGV[base + 2])
+  redis.call('PEXPIRE', KEYS[3 + i], ARGV[base + 4])
   redis.call('ZADD', KEYS[1], ARGV[base + 3], id)
-  redis.call('XADD', KEYS[2], '*', 'id', id)
+  if ARGV[base + 5] == '0' then
+    redis.call('XADD', KEYS[2], '*', 'id', id)
+  else
+    redis.call('ZADD', KEYS[3], ARGV[base + 5], id)
+  end
 end
 return 1
 "#;

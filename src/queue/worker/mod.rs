@@ -1,5 +1,5 @@
-//! Each replica's worker: takes ready messages, paces them onto reserved rate-limit
-//! cells, marks each `sending` in the store before its one attempt, and records what
+//! Each replica's worker: takes ready messages, paces those not paced at acceptance
+//! onto reserved rate-limit cells (`pacing`), marks each `sending` in the store before its one attempt, and records what
 //! the attempt came to. It also closes attempts whose replica died (`unknown`, never
 //! re-sent), moves waiting messages back when their time comes, and reports the depth.
 
@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::message::now_ms;
+use super::pacing::{self, Slot};
 use super::{AsyncConfig, Message, MessageError, Placement, QueueStore, Status, Taken};
 use crate::delivery::Paced;
 use crate::domain::BotRegistry;
@@ -31,9 +32,9 @@ const HANDLING: usize = 1024;
 pub const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// A reserved cell this close is taken as now.
 const NOW_SLACK_MS: u64 = 5;
-/// A reserved cell this close is waited for in hand (its entry held, well within the
-/// claim time); a later one in the store's waiting set.
-const HOLD: Duration = Duration::from_millis(250);
+/// A reserved cell this close (ms) is waited for in hand (its entry held, well within
+/// the claim time); a later one in the store's waiting set.
+const HOLD_MS: u64 = 250;
 
 /// What the worker needs.
 #[derive(Clone)]
@@ -169,26 +170,16 @@ impl Worker {
             }
             Some(_) => {}
             None => {
-                let latest =
-                    Instant::now() + Duration::from_millis(message.expires_ms.saturating_sub(now));
-                let wait_until = match self.paced.pace(&request, latest).await {
-                    Ok(Some(at)) if at <= Instant::now() + HOLD => {
+                let wait_until = match pacing::reserve(&self.paced, &request, &mut message).await {
+                    Ok(Slot::At(at)) if at <= now_ms() + HOLD_MS => {
                         // Its cell comes soon: wait for it here rather than through the
                         // store, so that it leaves on time.
-                        message.slot_ms = Some(
-                            now + at.saturating_duration_since(Instant::now()).as_millis() as u64,
-                        );
-                        tokio::time::sleep_until(at).await;
+                        tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms())))
+                            .await;
                         None
                     }
-                    Ok(Some(at)) => {
-                        let at_ms =
-                            now + at.saturating_duration_since(Instant::now()).as_millis() as u64;
-                        message.slot_ms = Some(at_ms);
-                        Some(at_ms)
-                    }
-                    // No cell before it expires: it waits for its expiry.
-                    Ok(None) => Some(message.expires_ms),
+                    Ok(Slot::At(at)) => Some(at),
+                    Ok(Slot::Never) => Some(message.expires_ms),
                     // The shared limits cannot be read: try again shortly.
                     Err(_) => Some(now + 1000),
                 };
