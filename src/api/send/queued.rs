@@ -18,7 +18,7 @@ use crate::jelou::FlowRequest;
 use crate::queue::message::JelouBody;
 use crate::queue::message::{new_id, now_ms};
 use crate::queue::pacing;
-use crate::queue::worker::log_change;
+use crate::queue::worker::{log_change, wakes_worker};
 use crate::queue::{Message, QueueError, Status};
 
 pub const TTL_HEADER: &str = "x-message-ttl-seconds";
@@ -158,7 +158,9 @@ pub async fn enqueue(
     let answer = match queued {
         Ok(()) => {
             log_change(&message);
-            state.wake.notify_one();
+            if wakes_worker(&message) {
+                state.wake.notify_one();
+            }
             accepted(&message)
         }
         Err(error) => {

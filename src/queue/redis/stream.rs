@@ -143,20 +143,10 @@ impl RedisQueue {
             .collect())
     }
 
-    /// New entries: those due first, then those just accepted.
+    /// New entries, up to `max` from each stream, in one read: those due first, then
+    /// those just accepted.
     pub(super) async fn read_new(&self, max: usize) -> Result<StreamEntries, StoreError> {
-        let mut read = Vec::new();
-        for lane in Lane::ALL {
-            if read.len() >= max {
-                break;
-            }
-            read.extend(self.read_lane(lane, max - read.len()).await?);
-        }
-        Ok(read)
-    }
-
-    async fn read_lane(&self, lane: Lane, max: usize) -> Result<StreamEntries, StoreError> {
-        let stream = self.key(lane.part());
+        let streams = Lane::ALL.map(|lane| self.key(lane.part()));
         let reply: Result<Option<Vec<(String, StreamEntries)>>, StoreError> = self
             .store
             .run("queue", async |c: &mut MultiplexedConnection| {
@@ -167,19 +157,28 @@ impl RedisQueue {
                     .arg("COUNT")
                     .arg(max)
                     .arg("STREAMS")
-                    .arg(&stream)
-                    .arg(">")
+                    .arg(&streams)
+                    .arg(&Lane::ALL.map(|_| ">"))
                     .query_async(c)
                     .await
             })
             .await;
         match reply {
-            Ok(reply) => Ok(reply
-                .into_iter()
-                .flatten()
-                .flat_map(|(_, entries)| entries)
-                .map(|(id, fields)| (lane.qualify(&id), fields))
-                .collect()),
+            Ok(reply) => {
+                let mut lanes: [StreamEntries; Lane::ALL.len()] = Default::default();
+                for (key, entries) in reply.into_iter().flatten() {
+                    let Some(i) = streams.iter().position(|stream| *stream == key) else {
+                        continue;
+                    };
+                    let lane = Lane::ALL[i];
+                    lanes[i].extend(
+                        entries
+                            .into_iter()
+                            .map(|(id, fields)| (lane.qualify(&id), fields)),
+                    );
+                }
+                Ok(lanes.into_iter().flatten().collect())
+            }
             Err(error) => {
                 // Redis lost the group (restarted without persistence): make it again.
                 self.group_ready.store(false, Ordering::Relaxed);

@@ -36,6 +36,13 @@ const NOW_SLACK_MS: u64 = 5;
 /// the claim time); a later one in the store's waiting set.
 const HOLD_MS: u64 = 250;
 
+/// Whether a message just queued should wake this replica's worker: it is ready, or
+/// due before the next poll. A later one is found by the poll before its time, which
+/// then sleeps until it.
+pub fn wakes_worker(message: &Message) -> bool {
+    message.not_before_ms <= now_ms() + POLL.as_millis() as u64
+}
+
 /// What the worker needs.
 #[derive(Clone)]
 pub struct Worker {
