@@ -16,8 +16,8 @@
 #   bash benches/callgrind.sh async target/profiling/jelou-relay  # Prefer: respond-async
 #
 # `async` runs the relay with the Redis store and asynchronous sends on, its bot paced at
-# one message a day so that every message is accepted, taken by the worker and parked
-# (the relay's whole work for a message short of the send), and counts a redis-server
+# one message a day so that every message is accepted, paced and left waiting for its
+# slot (the relay's whole work for such a message short of the send), and counts a redis-server
 # under callgrind as well (/tmp/callgrind.redis.out): both totals are printed.
 #
 # Needs valgrind and wrk (and redis-server for `async`). The relay runs as in

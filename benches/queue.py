@@ -13,8 +13,8 @@ and asynchronous sending on. Three figures:
                  alternating rounds at one concurrency, medians and their ratio. Twice:
                  while the queue drains to the simulator on the same two cores (the bot at
                  1,000 messages/s), and while it holds (the bot at one message a day: each
-                 message is taken and parked until its slot, never sent), which is the
-                 relay's acceptance work alone.
+                 message is paced as it is accepted and waits for its slot, never
+                 sent), which is the relay's acceptance work alone.
   commands     - Redis commands per message from acceptance to `sent` (INFO commandstats;
                  commands run inside the relay's scripts are counted too), less what an
                  idle relay spends polling over the same time.
