@@ -280,10 +280,7 @@ pub fn new_key() -> Result<String, String> {
 
 /// The SHA-256 of a key, in lower-case hex, as `callers.<name>.key_sha256` wants it.
 pub fn hash_key(key: &[u8]) -> String {
-    Sha256::digest(key)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(key))
 }
 
 /// A governor quota for a caller's `rate`; settings are validated positive at start-up.

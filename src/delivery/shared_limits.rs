@@ -91,8 +91,7 @@ impl SharedLimiter {
         match limit {
             Limit::Bot(bot) => self.store.key(&["rate", "bot", bot]),
             Limit::Recipient { bot, to } => {
-                let digest = Sha256::digest(to.as_bytes());
-                let hashed: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+                let hashed = hex::encode(&Sha256::digest(to.as_bytes())[..12]);
                 self.store.key(&["rate", "to", bot, &hashed])
             }
         }

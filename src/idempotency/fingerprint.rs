@@ -12,10 +12,7 @@ pub struct Fingerprint(pub [u8; 32]);
 
 impl fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in &self.0[..8] {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(&self.0[..8]))
     }
 }
 

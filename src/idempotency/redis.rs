@@ -73,7 +73,7 @@ enum Record {
 }
 
 fn hex(fingerprint: Fingerprint) -> String {
-    fingerprint.0.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(fingerprint.0)
 }
 
 /// Keys under `{prefix}idem:`.
