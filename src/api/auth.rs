@@ -21,35 +21,8 @@ mod accepted;
 use super::check::Check;
 use super::problem::ApiError;
 use super::request_id;
+use crate::config::{Caller, Callers};
 use crate::domain::RateSettings;
-
-/// A service allowed to call the relay.
-#[derive(Debug)]
-pub struct Caller {
-    pub name: String,
-    pub key_sha256: [u8; 32],
-    /// Bot aliases it may use; `None` means all.
-    pub bots: Option<Vec<String>>,
-    pub rate: Option<RateSettings>,
-}
-
-impl Caller {
-    pub fn may_use(&self, alias: &str) -> bool {
-        self.bots
-            .as_ref()
-            .is_none_or(|bots| bots.iter().any(|b| b == alias))
-    }
-}
-
-/// Who may call: named callers with keys, or anyone.
-#[derive(Debug, Clone)]
-pub enum Callers {
-    Keys(Vec<Arc<Caller>>),
-    /// `explicit` when `auth.mode = "none"`; otherwise no caller is configured (local only).
-    Open {
-        explicit: bool,
-    },
-}
 
 type CallerLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 

@@ -7,6 +7,34 @@ use super::validate::check_rate;
 use super::*;
 use crate::domain::flow_message::is_valid_alias;
 
+/// A service allowed to call the relay.
+#[derive(Debug)]
+pub struct Caller {
+    pub name: String,
+    pub key_sha256: [u8; 32],
+    /// Bot aliases it may use; `None` means all.
+    pub bots: Option<Vec<String>>,
+    pub rate: Option<RateSettings>,
+}
+
+impl Caller {
+    pub fn may_use(&self, alias: &str) -> bool {
+        self.bots
+            .as_ref()
+            .is_none_or(|bots| bots.iter().any(|b| b == alias))
+    }
+}
+
+/// Who may call: named callers with keys, or anyone.
+#[derive(Debug, Clone)]
+pub enum Callers {
+    Keys(Vec<Arc<Caller>>),
+    /// `explicit` when `auth.mode = "none"`; otherwise no caller is configured (local only).
+    Open {
+        explicit: bool,
+    },
+}
+
 impl Settings {
     /// The callers allowed to send, or open access where the configuration allows it.
     pub(super) fn callers(

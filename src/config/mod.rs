@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use crate::api::auth::{Caller, Callers};
 pub use crate::callbacks::CallbacksConfig;
 pub use crate::delivery::{DeliveryConfig, UnsafeRetry};
 pub use crate::domain::bots::{Bot, BotLookupError, BotRegistry, DEFAULT_BOT_RATE, RateSettings};
 pub use crate::jelou::credentials::{CredentialBook, Credentials};
 pub use crate::queue::AsyncConfig;
 pub use crate::store::{FailureMode, RedisConfig, StoreConfig};
+pub use callers::{Caller, Callers};
 pub use settings::*;
 
 /// Environment variables override files as `JELOU_RELAY__SECTION__KEY`.
