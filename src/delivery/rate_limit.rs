@@ -3,6 +3,7 @@
 //! replica (Redis). A request waits for capacity up to a bound within its deadline; past
 //! that it is refused with a time to come back.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -62,23 +63,25 @@ impl LocalLimits {
             .map(|(limit, rate)| {
                 let rate = divided(rate, self.share);
                 match *limit {
-                    Limit::Bot(alias) => (&self.per_bot, alias.to_string(), rate),
-                    Limit::Recipient { bot, to } => {
-                        (&self.per_recipient, format!("{bot}\u{1f}{to}"), rate)
-                    }
+                    Limit::Bot(alias) => (&self.per_bot, Cow::Borrowed(alias), rate),
+                    Limit::Recipient { bot, to } => (
+                        &self.per_recipient,
+                        Cow::Owned(format!("{bot}\u{1f}{to}")),
+                        rate,
+                    ),
                 }
             })
             .collect();
         if keyed
             .iter()
-            .any(|(table, key, rate)| table.next_free(key.as_str(), rate) > latest)
+            .any(|(table, key, rate)| table.next_free(key.as_ref(), rate) > latest)
         {
             return None;
         }
         keyed
             .iter()
             .try_fold(Instant::now(), |last, (table, key, rate)| {
-                Some(last.max(table.reserve(key.as_str(), rate, latest)?))
+                Some(last.max(table.reserve(key.as_ref(), rate, latest)?))
             })
     }
 }

@@ -97,13 +97,12 @@ impl QueueStore for MemoryQueue {
             message.version = 1;
             let id = message.id.clone();
             inner.open.insert((message.created_ms, id.clone()));
-            if message.not_before_ms > now {
-                inner
-                    .placed
-                    .insert(id.clone(), Placed::Waiting(message.not_before_ms));
-                inner.waiting.insert((message.not_before_ms, id.clone()));
-            } else {
-                inner.ready.push_back(id.clone());
+            match message.due_later(now) {
+                Some(at) => {
+                    inner.placed.insert(id.clone(), Placed::Waiting(at));
+                    inner.waiting.insert((at, id.clone()));
+                }
+                None => inner.ready.push_back(id.clone()),
             }
             inner.messages.insert(id, message);
         }

@@ -141,7 +141,8 @@ pub struct Message {
     /// The request Jelou receives, as built and checked at acceptance.
     pub url: String,
     pub body: JelouBody,
-    /// A retry waits until then.
+    /// It waits until then: a retry's backoff, or, from acceptance, its reserved cell
+    /// or its expiry.
     #[serde(default)]
     pub not_before_ms: u64,
     /// A rate-limit cell reserved for this message at this time.
@@ -245,6 +246,11 @@ pub fn new_id() -> String {
 }
 
 impl Message {
+    /// When a message being queued at `now` is due, when that is later; `None`: ready.
+    pub fn due_later(&self, now: u64) -> Option<u64> {
+        (self.not_before_ms > now).then_some(self.not_before_ms)
+    }
+
     /// The request to send, rebuilt from what was stored; `None` when its bot is gone.
     pub fn request(&self, bots: &BotRegistry) -> Option<Arc<FlowRequest>> {
         let bot = bots.resolve(Some(&self.bot)).ok()?;

@@ -121,15 +121,6 @@ impl RedisQueue {
     }
 }
 
-/// When a message just queued is due: 0 when at once.
-fn waits_until(message: &Message, now: u64) -> u64 {
-    if message.not_before_ms > now {
-        message.not_before_ms
-    } else {
-        0
-    }
-}
-
 fn encode(message: &Message) -> Result<String, StoreError> {
     serde_json::to_string(message).map_err(|e| StoreError(format!("cannot encode a message: {e}")))
 }
@@ -156,7 +147,7 @@ impl QueueStore for RedisQueue {
                 .arg(encode(message)?)
                 .arg(message.created_ms)
                 .arg(retention_ms)
-                .arg(waits_until(message, now));
+                .arg(message.due_later(now).unwrap_or(0));
         }
         let queued: i64 = self
             .store

@@ -23,9 +23,9 @@ return 1
 "#;
 
 /// KEYS: hash, stream, waiting, leases, open, outbox, notice. ARGV: id, version read,
-/// status, JSON, entry to acknowledge ('' for none; `TRIM` later drops it), placement (due, leased, final), its
-/// time (ms since the epoch) or the retention (ms), the notice's JSON ('' for none), now
-/// (ms). Returns the new version, 0 when another writer came first, -1 when the message
+/// status, JSON, entry to acknowledge ('' for none; `TRIM` later drops it), placement
+/// (due, leased, final), its time (ms since the epoch) or the retention (ms), the
+/// notice's JSON ('' for none), now (ms). Returns the new version, 0 when another writer came first, -1 when the message
 /// is gone.
 pub(super) const CHANGE: &str = r#"
 local v = redis.call('HGET', KEYS[1], 'version')

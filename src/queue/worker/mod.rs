@@ -1,6 +1,6 @@
 //! Each replica's worker: takes ready messages, paces those not paced at acceptance
-//! onto reserved rate-limit cells (`pacing`), marks each `sending` in the store before its one attempt, and records what
-//! the attempt came to. It also closes attempts whose replica died (`unknown`, never
+//! onto reserved rate-limit cells (`pacing`), marks each `sending` in the store before
+//! its one attempt, and records what the attempt came to. It also closes attempts whose replica died (`unknown`, never
 //! re-sent), moves waiting messages back when their time comes, and reports the depth.
 
 mod send;
