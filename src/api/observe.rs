@@ -72,40 +72,9 @@ impl Observing {
         let mut context = incoming
             .as_ref()
             .map_or_else(TraceContext::start, TraceContext::child);
-        let matched = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(|p| p.as_str().to_owned());
-        let method = request.method().as_str();
-        // OpenTelemetry's HTTP conventions: a SERVER span named "{method} {route}".
-        let otel_name = match &matched {
-            Some(route) => format!("{method} {route}"),
-            None => method.to_owned(),
-        };
-        let span = tracing::info_span!(
-            "request",
-            request_id = request_id::of(request),
-            method,
-            path = request.uri().path(),
-            trace_id = context.trace_id.as_str(),
-            caller = tracing::field::Empty,
-            bot = tracing::field::Empty,
-            to = tracing::field::Empty,
-            code = tracing::field::Empty,
-            fields = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            upstream_status = tracing::field::Empty,
-            attempts = tracing::field::Empty,
-            status = tracing::field::Empty,
-            latency_ms = tracing::field::Empty,
-            otel.name = otel_name,
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            http.request.method = method,
-            http.route = matched.as_deref(),
-            url.path = request.uri().path(),
-            http.response.status_code = tracing::field::Empty,
-        );
+        let matched = request.extensions().get::<MatchedPath>().cloned();
+        let matched = matched.as_ref().map(MatchedPath::as_str);
+        let span = request_span(request, &context, matched);
         if let Some(parent) = incoming.as_ref() {
             parent.adopt(&span);
         }
@@ -114,9 +83,7 @@ impl Observing {
             context = exported;
         }
         request.extensions_mut().insert(context);
-        let route = matched
-            .as_deref()
-            .map_or(SharedString::const_str("unmatched"), route_label);
+        let route = matched.map_or(SharedString::const_str("unmatched"), route_label);
         Observing {
             started,
             span,
@@ -137,17 +104,22 @@ impl Observing {
             status >= 500 || outcome.is_some_and(|o| matches!(o.outcome, "not_sent" | "unknown"));
         tracing::record_all!(
             self.span,
-            http.response.status_code = status,
-            otel.status_code = failed.then_some("error"),
             outcome = outcome.map(|o| o.outcome),
             upstream_status = outcome.and_then(|o| o.upstream_status),
             attempts = outcome.and_then(|o| o.attempts),
             code = outcome.and_then(|o| o.code),
             fields = outcome.and_then(|o| o.fields.as_deref()),
-            status = response.status().as_u16(),
+            status,
             // Whole microseconds: 0.295, not 0.29541799999999996.
             latency_ms = elapsed.as_micros() as f64 / 1000.0,
         );
+        if crate::telemetry::exporting() {
+            tracing::record_all!(
+                self.span,
+                http.response.status_code = status,
+                otel.status_code = failed.then_some("error"),
+            );
+        }
         self.span.in_scope(|| tracing::info!("request finished"));
 
         record_request(
@@ -157,6 +129,52 @@ impl Observing {
             elapsed.as_secs_f64(),
         );
     }
+}
+
+/// The request's span. Its OpenTelemetry attributes (a SERVER span named
+/// "{method} {route}", HTTP's conventions) are there only when spans are exported: log
+/// lines leave them out.
+fn request_span(request: &Request, context: &TraceContext, route: Option<&str>) -> Span {
+    let method = request.method().as_str();
+    let path = request.uri().path();
+    macro_rules! span {
+        ($($otel:tt)*) => {
+            tracing::info_span!(
+                "request",
+                request_id = request_id::of(request),
+                method,
+                path,
+                trace_id = context.trace_id.as_str(),
+                caller = tracing::field::Empty,
+                bot = tracing::field::Empty,
+                to = tracing::field::Empty,
+                code = tracing::field::Empty,
+                fields = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                upstream_status = tracing::field::Empty,
+                attempts = tracing::field::Empty,
+                status = tracing::field::Empty,
+                latency_ms = tracing::field::Empty,
+                $($otel)*
+            )
+        };
+    }
+    if !crate::telemetry::exporting() {
+        return span!();
+    }
+    let otel_name = match route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_owned(),
+    };
+    span!(
+        otel.name = otel_name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = path,
+        http.response.status_code = tracing::field::Empty,
+    )
 }
 
 fn record_request(route: SharedString, status: StatusCode, caller: &str, seconds: f64) {

@@ -50,8 +50,8 @@ impl TraceContext {
     /// A new trace, not sampled, with a fresh span id for the relay.
     pub fn start() -> TraceContext {
         TraceContext {
-            trace_id: hex_digits(fastrand::u128(1..), 32),
-            span_id: hex_digits(u128::from(fastrand::u64(1..)), 16),
+            trace_id: hex::encode(fastrand::u128(1..).to_be_bytes()),
+            span_id: hex::encode(fastrand::u64(1..).to_be_bytes()),
             flags: "00".into(),
         }
     }
@@ -59,7 +59,7 @@ impl TraceContext {
     /// The same trace, under a new span id of the relay's own.
     pub fn child(&self) -> TraceContext {
         TraceContext {
-            span_id: hex_digits(u128::from(fastrand::u64(1..)), 16),
+            span_id: hex::encode(fastrand::u64(1..).to_be_bytes()),
             ..self.clone()
         }
     }
@@ -112,29 +112,28 @@ impl TraceContext {
     }
 }
 
-/// The lowest `digits` hex digits of `value`, lower case and zero-padded: what
-/// `format!("{value:0digits$x}")` writes, without the formatting machinery.
-fn hex_digits(value: u128, digits: usize) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    (0..digits)
-        .rev()
-        .map(|at| char::from(HEX[((value >> (at * 4)) & 0xf) as usize]))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn hex_digits_are_formats_lower_hex() {
-        for value in [0, 1, 0xf, 0xabc, u128::from(u64::MAX), u128::MAX]
-            .into_iter()
-            .chain((0..1000).map(|_| fastrand::u128(..)))
-        {
-            assert_eq!(hex_digits(value, 32), format!("{value:032x}"));
-            let low = value & u128::from(u64::MAX);
-            assert_eq!(hex_digits(value, 16), format!("{low:016x}"));
+    fn new_ids_are_lower_hex_of_full_width_and_never_zero() {
+        for _ in 0..1000 {
+            let context = TraceContext::start();
+            let child = context.child();
+            for (id, len) in [
+                (&context.trace_id, 32),
+                (&context.span_id, 16),
+                (&child.span_id, 16),
+            ] {
+                assert_eq!(id.len(), len, "{id}");
+                assert!(
+                    id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                    "{id}"
+                );
+                assert!(id.bytes().any(|b| b != b'0'), "{id}");
+            }
+            assert_eq!(child.trace_id, context.trace_id);
         }
     }
 

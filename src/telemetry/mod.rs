@@ -2,6 +2,7 @@
 //! exported over OTLP when an endpoint is configured.
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -159,6 +160,17 @@ impl<'a> MakeWriter<'a> for BlockWriter {
     }
 }
 
+/// Whether spans go to an OTLP exporter (set once, by [`init`]).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported over OTLP. Only then do spans carry OpenTelemetry's
+/// attributes (`otel.*`, `http.*`, `url.*`, `server.*`): log lines leave them out, so
+/// without an exporter nobody reads them, and a span with fewer fields costs less to
+/// open and record.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
 /// Installs the global subscriber. Logs go to stdout, as containers expect.
 pub fn init(settings: &LogSettings, otlp: &OtlpSettings) -> Result<TelemetryGuard, String> {
     let filter = filter(settings)?;
@@ -209,6 +221,7 @@ pub fn init(settings: &LogSettings, otlp: &OtlpSettings) -> Result<TelemetryGuar
         .with(traces)
         .try_init()
         .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     Ok(TelemetryGuard { provider, lines })
 }
 
