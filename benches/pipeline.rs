@@ -10,7 +10,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jelou_relay::config::{Environment, Settings};
 use jelou_relay::domain::FlowMessage;
 use jelou_relay::domain::strict_json::parse_object;
-use jelou_relay::jelou::FlowRequest;
+use jelou_relay::jelou::{FlowRequest, JelouUrls};
 use url::Url;
 
 const SEED: &[u8] = br#"{"bot":"ventas","to":"+593 98 765 4321","title":"Hola","text":"Completa este flujo para comenzar","caption":"Jelou","flow":{"name":"flujo_de_bienvenida","cta":"Iniciar Flujo","screen":"RECOMMEND"}}"#;
@@ -23,7 +23,10 @@ fn pipeline(c: &mut Criterion) {
     let config = settings
         .validate(Environment::Local)
         .expect("config is valid");
-    let base = Url::parse("https://api.jelou.ai").unwrap();
+    let urls = JelouUrls::new(
+        Url::parse("https://api.jelou.ai").unwrap(),
+        config.bots.bots().map(|bot| bot.id.as_str()),
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -51,7 +54,7 @@ fn pipeline(c: &mut Criterion) {
                     .map(str::to_owned);
                 let message = FlowMessage::parse(object).unwrap();
                 let bot = config.bots.resolve(alias.as_deref()).unwrap();
-                FlowRequest::build(&base, bot, &message, "req-1".into(), None)
+                FlowRequest::build(&urls, bot, &message, "req-1".into(), None)
             })
         });
     }

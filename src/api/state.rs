@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
-use url::Url;
 
 use super::auth::Gate;
 use crate::config::{RelayConfig, UpstreamMode};
 use crate::delivery::{self, Delivery};
 use crate::domain::BotRegistry;
 use crate::idempotency::{IdempotencyStore, MemoryStore, SharedIdempotency};
-use crate::jelou::{CredentialBook, JelouClient, Sandbox};
+use crate::jelou::{CredentialBook, JelouClient, JelouUrls, Sandbox};
 use crate::queue::worker::Worker;
 use crate::queue::{self, AsyncConfig, QueueStore};
 use crate::store::Store;
@@ -35,7 +34,8 @@ pub struct Shared {
     pub bots: Arc<BotRegistry>,
     /// Which bots have credentials: the dry run says so (never what they are).
     pub credentials: CredentialBook,
-    pub base_url: Arc<Url>,
+    /// Where each bot's calls go.
+    pub urls: Arc<JelouUrls>,
     pub body_limit: usize,
     /// The largest batch body.
     pub batch_body_limit: usize,
@@ -90,7 +90,10 @@ impl AppState {
         Ok(AppState(Arc::new(Shared {
             bots: Arc::new(config.bots.clone()),
             credentials: config.credentials.clone(),
-            base_url: Arc::new(config.base_url.clone()),
+            urls: Arc::new(JelouUrls::new(
+                config.base_url.clone(),
+                config.bots.bots().map(|bot| bot.id.as_str()),
+            )),
             body_limit: config.body_limit_bytes,
             batch_body_limit: config.batch_body_limit_bytes,
             sandbox: config.mode == UpstreamMode::Sandbox,

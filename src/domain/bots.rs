@@ -95,6 +95,10 @@ impl BotRegistry {
         }
     }
 
+    pub fn bots(&self) -> impl Iterator<Item = &Bot> {
+        self.bots.values().map(|bot| &**bot)
+    }
+
     pub fn aliases(&self) -> impl Iterator<Item = &str> {
         self.bots.keys().map(String::as_str)
     }

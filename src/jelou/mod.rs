@@ -11,5 +11,5 @@ pub mod simulator;
 pub use classify::{UpstreamError, Verdict};
 pub use client::JelouClient;
 pub use credentials::{CredentialBook, Credentials};
-pub use request::FlowRequest;
+pub use request::{FlowRequest, JelouUrls};
 pub use sandbox::Sandbox;

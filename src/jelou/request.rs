@@ -60,25 +60,56 @@ struct ActionPayload<'a> {
     data: Option<&'a Map<String, Value>>,
 }
 
-/// `{base}/v1/bots/{bot id}/users/{digits}/flow_message[?type=...]`. Each segment is
-/// appended as one percent-encoded path segment, so no value can add or climb a segment.
-pub fn upstream_url(base: &Url, bot_id: &str, digits: &str, flow_type: Option<&str>) -> Url {
-    let mut url = base.clone();
-    if let Ok(mut segments) = url.path_segments_mut() {
-        segments
-            .pop_if_empty()
-            .extend(["v1", "bots", bot_id, "users", digits, "flow_message"]);
+/// Where Jelou's calls go: `{base}/v1/bots/{bot id}/users/{digits}/flow_message[?type=...]`.
+/// Each segment is appended as one percent-encoded path segment, so no value can add or
+/// climb a segment. Each configured bot's part, up to `users`, is built once at start-up,
+/// so that a request appends only its own two segments.
+#[derive(Debug)]
+pub struct JelouUrls {
+    base: Url,
+    /// `{base}/v1/bots/{bot id}/users`, by bot id.
+    bots: BTreeMap<String, Url>,
+}
+
+impl JelouUrls {
+    pub fn new<'a>(base: Url, bot_ids: impl IntoIterator<Item = &'a str>) -> JelouUrls {
+        let bots = bot_ids
+            .into_iter()
+            .map(|id| (id.to_owned(), Self::bot(&base, id)))
+            .collect();
+        JelouUrls { base, bots }
     }
-    if let Some(flow_type) = flow_type {
-        url.query_pairs_mut().append_pair("type", flow_type);
+
+    fn bot(base: &Url, bot_id: &str) -> Url {
+        let mut url = base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments
+                .pop_if_empty()
+                .extend(["v1", "bots", bot_id, "users"]);
+        }
+        url
     }
-    url
+
+    /// The URL of one `flow_message` call.
+    pub fn flow_message(&self, bot_id: &str, digits: &str, flow_type: Option<&str>) -> Url {
+        let mut url = match self.bots.get(bot_id) {
+            Some(bot) => bot.clone(),
+            None => Self::bot(&self.base, bot_id),
+        };
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.extend([digits, "flow_message"]);
+        }
+        if let Some(flow_type) = flow_type {
+            url.query_pairs_mut().append_pair("type", flow_type);
+        }
+        url
+    }
 }
 
 impl FlowRequest {
     /// The request Jelou receives for `message`, members the caller did not give left out.
     pub fn build(
-        base: &Url,
+        urls: &JelouUrls,
         bot: Arc<Bot>,
         message: &FlowMessage,
         request_id: String,
@@ -107,12 +138,7 @@ impl FlowRequest {
         // Serializing borrowed strings and maps of JSON values cannot fail.
         let body = serde_json::to_vec(&body).unwrap_or_default();
         FlowRequest {
-            url: upstream_url(
-                base,
-                &bot.id,
-                message.to.as_str(),
-                message.flow_type.as_deref(),
-            ),
+            url: urls.flow_message(&bot.id, message.to.as_str(), message.flow_type.as_deref()),
             bot,
             recipient: message.to.clone(),
             body: Bytes::from(body),
@@ -187,15 +213,26 @@ mod tests {
 
     #[test]
     fn url_segments_are_encoded_and_base_path_kept() {
-        let base = Url::parse("https://api.jelou.ai").unwrap();
+        let urls = JelouUrls::new(Url::parse("https://api.jelou.ai").unwrap(), ["BOT"]);
         assert_eq!(
-            upstream_url(&base, "BOT", "593987654321", None).as_str(),
+            urls.flow_message("BOT", "593987654321", None).as_str(),
             "https://api.jelou.ai/v1/bots/BOT/users/593987654321/flow_message"
         );
-        let base = Url::parse("http://127.0.0.1:9/prefix/").unwrap();
+        // A bot the URLs were not built for, and a base with a path of its own.
+        let urls = JelouUrls::new(Url::parse("http://127.0.0.1:9/prefix/").unwrap(), ["BOT"]);
+        let expected =
+            "http://127.0.0.1:9/prefix/v1/bots/a%2F..%2Fb/users/1/flow_message?type=x%26y%3Dz+%23";
         assert_eq!(
-            upstream_url(&base, "a/../b", "1", Some("x&y=z #")).as_str(),
-            "http://127.0.0.1:9/prefix/v1/bots/a%2F..%2Fb/users/1/flow_message?type=x%26y%3Dz+%23"
+            urls.flow_message("a/../b", "1", Some("x&y=z #")).as_str(),
+            expected
+        );
+        let urls = JelouUrls::new(
+            Url::parse("http://127.0.0.1:9/prefix/").unwrap(),
+            ["a/../b"],
+        );
+        assert_eq!(
+            urls.flow_message("a/../b", "1", Some("x&y=z #")).as_str(),
+            expected
         );
     }
 }

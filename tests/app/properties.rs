@@ -7,7 +7,7 @@ use jelou_relay::config::{Bot, RateSettings};
 use jelou_relay::domain::FlowMessage;
 use jelou_relay::domain::flow_message::MessageObject;
 use jelou_relay::domain::strict_json::parse_object;
-use jelou_relay::jelou::FlowRequest;
+use jelou_relay::jelou::{FlowRequest, JelouUrls};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use url::Url;
@@ -153,8 +153,8 @@ proptest! {
     fn every_accepted_message_reaches_jelou_unchanged(message in valid_message()) {
         let Value::Object(object) = message.clone() else { unreachable!() };
         let parsed = FlowMessage::parse(object).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        let base = Url::parse("https://api.jelou.ai").unwrap();
-        let outbound = FlowRequest::build(&base, bot(), &parsed, "id".into(), None);
+        let urls = JelouUrls::new(Url::parse("https://api.jelou.ai").unwrap(), ["BOT_ID"]);
+        let outbound = FlowRequest::build(&urls, bot(), &parsed, "id".into(), None);
         let sent: Value = serde_json::from_slice(&outbound.body).unwrap();
         let digits: String = message["to"].as_str().unwrap().trim_start_matches('+').into();
 

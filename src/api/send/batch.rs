@@ -157,7 +157,7 @@ async fn handle(
         match item_message(state, caller, index, item) {
             Ok((message, bot)) => {
                 let request = FlowRequest::build(
-                    &state.base_url,
+                    &state.urls,
                     bot,
                     &message,
                     request_id.to_string(),

@@ -150,7 +150,7 @@ async fn handle(state: AppState, inbound: Inbound<'_>, body: Body) -> Result<Res
 
     let traceparent = inbound.trace.map(TraceContext::traceparent);
     let request = FlowRequest::build(
-        &state.base_url,
+        &state.urls,
         bot,
         &message,
         inbound.request_id.to_string(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use jelou_relay::config::{Bot, RateSettings};
 use jelou_relay::domain::FlowMessage;
 use jelou_relay::domain::strict_json::parse_object;
-use jelou_relay::jelou::FlowRequest;
+use jelou_relay::jelou::{FlowRequest, JelouUrls};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,8 +25,8 @@ fuzz_target!(|data: &[u8]| {
             burst: 80,
         },
     });
-    let base = url::Url::parse("https://api.jelou.ai").unwrap();
-    let outbound = FlowRequest::build(&base, bot, &message, "id".into(), None);
+    let urls = JelouUrls::new(url::Url::parse("https://api.jelou.ai").unwrap(), ["BOT_ID"]);
+    let outbound = FlowRequest::build(&urls, bot, &message, "id".into(), None);
     // Whatever was accepted, the path has exactly the documented shape...
     let segments: Vec<&str> = outbound.url.path_segments().unwrap().collect();
     assert_eq!(segments.len(), 6, "{}", outbound.url);
