@@ -1,7 +1,6 @@
 //! Callers: bearer-key authentication (keys compared by SHA-256 in constant time) and
 //! each caller's own inbound rate, with the IETF `RateLimit` headers.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +50,8 @@ pub struct Gate {
     /// Tells this gate's entries in the per-thread memo of accepted keys from another's.
     id: u64,
     callers: Callers,
-    limits: HashMap<String, Limited>,
+    /// By caller name: names come from the configuration, so a fast hasher.
+    limits: foldhash::HashMap<String, Limited>,
     clock: DefaultClock,
 }
 
@@ -67,7 +67,7 @@ impl Gate {
                     Some((c.name.clone(), Limited { limiter, rate }))
                 })
                 .collect(),
-            Callers::Open { .. } => HashMap::new(),
+            Callers::Open { .. } => foldhash::HashMap::default(),
         };
         static GATES: AtomicU64 = AtomicU64::new(0);
         Gate {

@@ -6,7 +6,6 @@
 //! Jelou's status, the attempts) back in the response's extensions, and everything is
 //! recorded at once when the answer is ready.
 
-use std::collections::HashMap;
 use std::sync::{LazyLock, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -193,7 +192,8 @@ static REQUEST_METRICS: LazyLock<RequestMetrics> = LazyLock::new(RequestMetrics:
 
 #[derive(Default)]
 struct RequestMetrics {
-    by_caller: RwLock<HashMap<String, Vec<RequestHandles>>>,
+    /// Callers are named by the configuration (or `none`), so a fast hasher.
+    by_caller: RwLock<foldhash::HashMap<String, Vec<RequestHandles>>>,
 }
 
 struct RequestHandles {

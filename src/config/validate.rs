@@ -1,7 +1,7 @@
 //! Every rule the settings must meet, checked at once, and the runtime configuration
 //! built from them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,7 +149,7 @@ impl Settings {
         }
 
         let mut bots = BTreeMap::new();
-        let mut credential_book = HashMap::new();
+        let mut credential_book = foldhash::HashMap::default();
         let mut default_alias = None;
         for (alias, bot) in &self.bots {
             let key = format!("bots.{alias}");

@@ -63,13 +63,12 @@ impl JelouClient {
         let Some(credentials) = self.credentials.get(&request.bot.alias) else {
             return Verdict::NoCredentials;
         };
-        let sent = self
-            .local()
-            .post(request.url.clone())
-            .headers(request.headers(Some(credentials.authorization())))
-            .body(request.body.clone())
-            .send()
-            .await;
+        // The request is built whole: a `RequestBuilder` would copy the headers into a
+        // map of its own, one insert each.
+        let mut outgoing = reqwest::Request::new(reqwest::Method::POST, request.url.clone());
+        *outgoing.headers_mut() = request.headers(Some(credentials.authorization()));
+        *outgoing.body_mut() = Some(request.body.clone().into());
+        let sent = self.local().execute(outgoing).await;
         let response = match sent {
             Ok(response) => response,
             Err(error) => {

@@ -1,7 +1,6 @@
 //! Jelou's credentials: held as secrets, turned into the `Authorization` header once,
 //! and exposed only to the client that sends (and to the scrubbing of Jelou's words).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -105,12 +104,13 @@ impl Credentials {
     }
 }
 
-/// The credentials of every bot that has them, by bot alias.
+/// The credentials of every bot that has them, by bot alias (aliases come from the
+/// configuration, so a fast hasher: no caller chooses the keys).
 #[derive(Debug, Clone, Default)]
-pub struct CredentialBook(Arc<HashMap<String, Credentials>>);
+pub struct CredentialBook(Arc<foldhash::HashMap<String, Credentials>>);
 
 impl CredentialBook {
-    pub fn new(by_alias: HashMap<String, Credentials>) -> Self {
+    pub fn new(by_alias: foldhash::HashMap<String, Credentials>) -> Self {
         CredentialBook(Arc::new(by_alias))
     }
 

@@ -41,10 +41,11 @@ impl<W> JsonLines<W> {
     }
 }
 
-/// A recorded value, kept as it came (strings owned) until a line is written.
+/// A recorded value, kept as it came until a line is written. A string is a range of its
+/// span's text.
 #[derive(Debug, PartialEq)]
 enum Value {
-    Str(String),
+    Str(std::ops::Range<usize>),
     Static(&'static str),
     F64(f64),
     I64(i64),
@@ -53,8 +54,13 @@ enum Value {
 }
 
 /// A span's fields, ordered by name (as a JSON object with sorted keys), `name` included.
+/// Their strings share one buffer, `text`: a request span's ten are one allocation, not
+/// ten. A field recorded again leaves its old text behind until the span closes.
 #[derive(Debug, Default)]
-struct SpanFields(Vec<(&'static str, Value)>);
+struct SpanFields {
+    entries: Vec<(&'static str, Value)>,
+    text: String,
+}
 
 /// Span fields named after OpenTelemetry's conventions are for the trace exporter: they
 /// repeat the line's own fields (`method`, `path`, `status`, ...) and stay out of log lines.
@@ -65,23 +71,47 @@ fn for_traces_only(name: &str) -> bool {
 }
 
 impl SpanFields {
-    fn set(&mut self, name: &'static str, value: Value) {
-        match self.0.binary_search_by(|(key, _)| key.cmp(&name)) {
-            Ok(at) => self.0[at].1 = value,
-            Err(at) => self.0.insert(at, (name, value)),
+    fn with_capacity(fields: usize) -> Self {
+        SpanFields {
+            entries: Vec::with_capacity(fields),
+            text: String::new(),
         }
+    }
+
+    fn set(&mut self, name: &'static str, value: Value) {
+        match self.entries.binary_search_by(|(key, _)| key.cmp(&name)) {
+            Ok(at) => self.entries[at].1 = value,
+            Err(at) => self.entries.insert(at, (name, value)),
+        }
+    }
+
+    /// Keeps `value` in the span's text (room for a request span's strings made at once).
+    fn text(&mut self, value: &str) -> Value {
+        if self.text.capacity() == 0 {
+            self.text.reserve(256);
+        }
+        let start = self.text.len();
+        self.text.push_str(value);
+        Value::Str(start..self.text.len())
+    }
+
+    /// Keeps `value`'s `Debug` text in the span's text.
+    fn debug_text(&mut self, value: &dyn fmt::Debug) -> Value {
+        let start = self.text.len();
+        let _ = fmt::Write::write_fmt(&mut self.text, format_args!("{value:?}"));
+        Value::Str(start..self.text.len())
     }
 
     fn write(&self, out: &mut Vec<u8>) {
         out.push(b'{');
-        for (n, (name, value)) in self.0.iter().enumerate() {
+        for (n, (name, value)) in self.entries.iter().enumerate() {
             if n > 0 {
                 out.push(b',');
             }
             json(out, name);
             out.push(b':');
             match value {
-                Value::Str(value) => json(out, value.as_str()),
+                Value::Str(range) => json(out, &self.text[range.clone()]),
                 Value::Static(value) => json(out, value),
                 Value::F64(value) => json(out, value),
                 Value::I64(value) => json(out, value),
@@ -101,36 +131,37 @@ fn field_name(field: &Field) -> &'static str {
 
 impl Visit for SpanFields {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.keep(field, || Value::F64(value));
+        self.keep(field, |_| Value::F64(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.keep(field, || Value::I64(value));
+        self.keep(field, |_| Value::I64(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.keep(field, || Value::U64(value));
+        self.keep(field, |_| Value::U64(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.keep(field, || Value::Bool(value));
+        self.keep(field, |_| Value::Bool(value));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.keep(field, || Value::Str(value.to_owned()));
+        self.keep(field, |fields| fields.text(value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.keep(field, || Value::Str(format!("{value:?}")));
+        self.keep(field, |fields| fields.debug_text(value));
     }
 }
 
 impl SpanFields {
     /// Keeps `field`'s value, made only for a field that goes into log lines.
-    fn keep(&mut self, field: &Field, value: impl FnOnce() -> Value) {
+    fn keep(&mut self, field: &Field, value: impl FnOnce(&mut Self) -> Value) {
         let name = field_name(field);
         if !for_traces_only(name) {
-            self.set(name, value());
+            let value = value(self);
+            self.set(name, value);
         }
     }
 }
@@ -278,7 +309,7 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut fields = SpanFields(Vec::with_capacity(attrs.fields().len() + 1));
+        let mut fields = SpanFields::with_capacity(attrs.fields().len() + 1);
         attrs.record(&mut fields);
         fields.set("name", Value::Static(attrs.metadata().name()));
         span.extensions_mut().insert(fields);
