@@ -69,12 +69,15 @@ impl AppState {
         // The recorder is installed before any metric is touched.
         crate::metrics::handle();
         let store = Store::open(&config.store)?;
+        // The subscriber is installed first (`main`): whether it exports spans is known.
+        let exported = crate::telemetry::exporting();
         let delivery = match config.mode {
-            UpstreamMode::Sandbox => delivery::stack(&config.delivery, Sandbox, &store),
+            UpstreamMode::Sandbox => delivery::stack(&config.delivery, Sandbox, &store, exported),
             UpstreamMode::Jelou => delivery::stack(
                 &config.delivery,
                 JelouClient::new(config.connect_timeout, config.credentials.clone())?,
                 &store,
+                exported,
             ),
         };
         let retention = config.idempotency.retention;

@@ -49,8 +49,8 @@ const CLIENT_SPAN_NAME: &str = "POST /v1/bots/{botId}/users/{userId}/flow_messag
 /// An attempt's span. With an exporter it follows OpenTelemetry's HTTP conventions: a
 /// CLIENT span whose attributes never carry the recipient's digits (the path's template,
 /// not the path). Log lines leave those attributes out, so without one it has none.
-fn attempt_span(number: u32, url: &url::Url) -> tracing::Span {
-    if !crate::telemetry::exporting() {
+fn attempt_span(number: u32, url: &url::Url, exported: bool) -> tracing::Span {
+    if !exported {
         return tracing::info_span!(
             "attempt",
             number,
@@ -77,11 +77,14 @@ fn attempt_span(number: u32, url: &url::Url) -> tracing::Span {
 #[derive(Clone, Debug)]
 pub struct AttemptLayer {
     timeout: Duration,
+    exported: bool,
 }
 
 impl AttemptLayer {
-    pub fn new(timeout: Duration) -> Self {
-        AttemptLayer { timeout }
+    /// `exported`: whether spans go to a trace exporter, which alone reads their
+    /// OpenTelemetry attributes.
+    pub fn new(timeout: Duration, exported: bool) -> Self {
+        AttemptLayer { timeout, exported }
     }
 }
 
@@ -91,6 +94,7 @@ impl<S> Layer<S> for AttemptLayer {
         Attempt {
             upstream,
             timeout: self.timeout,
+            exported: self.exported,
         }
     }
 }
@@ -99,6 +103,7 @@ impl<S> Layer<S> for AttemptLayer {
 pub struct Attempt<S> {
     upstream: S,
     timeout: Duration,
+    exported: bool,
 }
 
 impl<S: Upstream> Service<Outbound> for Attempt<S> {
@@ -113,9 +118,10 @@ impl<S: Upstream> Service<Outbound> for Attempt<S> {
     fn call(&mut self, outbound: Outbound) -> Self::Future {
         let upstream = self.upstream.clone();
         let timeout = self.timeout;
+        let exported = self.exported;
         let journal = outbound.journal.clone();
         let number = journal.attempt_started();
-        let span = attempt_span(number, &outbound.request.url);
+        let span = attempt_span(number, &outbound.request.url, exported);
         Box::pin(
             async move {
                 let started = std::time::Instant::now();
@@ -136,7 +142,7 @@ impl<S: Upstream> Service<Outbound> for Attempt<S> {
                 let outcome = failed.map_or("sent", DeliveryState::as_str);
                 let span = tracing::Span::current();
                 tracing::record_all!(span, outcome, upstream_status);
-                if crate::telemetry::exporting() {
+                if exported {
                     tracing::record_all!(
                         span,
                         http.response.status_code = upstream_status,

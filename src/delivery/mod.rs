@@ -195,7 +195,14 @@ pub struct Delivery {
 
 /// Assembles the delivery stack over the upstream (Jelou client or sandbox), outer to
 /// inner, and the queue's path over the same parts.
-pub fn stack(delivery: &DeliveryConfig, upstream: impl Upstream, store: &Store) -> Delivery {
+/// `exported_spans`: whether spans go to a trace exporter (attempt spans then carry
+/// OpenTelemetry's HTTP attributes).
+pub fn stack(
+    delivery: &DeliveryConfig,
+    upstream: impl Upstream,
+    store: &Store,
+    exported_spans: bool,
+) -> Delivery {
     let queue = WaitQueue::new(delivery.max_waiting);
     let limits = Arc::new(match store {
         Store::Memory => rate_limit::Limits::new(
@@ -212,7 +219,7 @@ pub fn stack(delivery: &DeliveryConfig, upstream: impl Upstream, store: &Store) 
     });
     let concurrency = concurrency::ConcurrencyLayer::new(delivery.max_in_flight, queue);
     let retry = retry::RetryPolicy::new(delivery);
-    let attempt = attempt::AttemptLayer::new(delivery.request_timeout);
+    let attempt = attempt::AttemptLayer::new(delivery.request_timeout, exported_spans);
     let service = ServiceBuilder::new()
         // One deadline over everything below; the final attempt count and delivery
         // state are read from the journal here.
