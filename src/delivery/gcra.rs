@@ -63,13 +63,13 @@ impl<K: Hash + Eq> Table<K> {
         let (interval, burst) = cell(rate);
         let now = self.now();
         let mut tats = self.lock(now);
-        let tat = tats.get(key).copied().unwrap_or(now).max(now);
-        let allow_at = (tat + interval).saturating_sub(interval * burst);
-        if allow_at > now {
-            return Some(Duration::from_nanos(allow_at - now));
-        }
-        Self::store(&mut tats, key, tat + interval);
-        None
+        Self::update(&mut tats, key, now, |tat| {
+            let allow_at = (tat + interval).saturating_sub(interval * burst);
+            if allow_at > now {
+                return (None, Some(Duration::from_nanos(allow_at - now)));
+            }
+            (Some(tat + interval), None)
+        })
     }
 
     /// When the next cell of `key` is free, spending nothing.
@@ -95,27 +95,39 @@ impl<K: Hash + Eq> Table<K> {
         let (interval, burst) = cell(rate);
         let now = self.now();
         let mut tats = self.lock(now);
-        let tat = tats.get(key).copied().unwrap_or(now).max(now);
-        let allow_at = (tat + interval).saturating_sub(interval * burst).max(now);
-        let at = self.at(allow_at);
-        if at > latest {
-            return None;
-        }
-        Self::store(&mut tats, key, tat + interval);
-        Some(at)
+        Self::update(&mut tats, key, now, |tat| {
+            let at = self.at((tat + interval).saturating_sub(interval * burst).max(now));
+            if at > latest {
+                return (None, None);
+            }
+            (Some(tat + interval), Some(at))
+        })
     }
 
-    fn store<Q>(tats: &mut HashMap<K, u64>, key: &Q, tat: u64)
+    /// Hands `decide` the TAT of `key` (`now` when it has none or an older one) and
+    /// stores the TAT `decide` returns, if any: one lookup for a key already there.
+    fn update<Q, R>(
+        tats: &mut HashMap<K, u64>,
+        key: &Q,
+        now: u64,
+        decide: impl FnOnce(u64) -> (Option<u64>, R),
+    ) -> R
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        match tats.get_mut(key) {
-            Some(stored) => *stored = tat,
-            None => {
-                tats.insert(key.to_owned(), tat);
+        if let Some(stored) = tats.get_mut(key) {
+            let (tat, out) = decide((*stored).max(now));
+            if let Some(tat) = tat {
+                *stored = tat;
             }
+            return out;
         }
+        let (tat, out) = decide(now);
+        if let Some(tat) = tat {
+            tats.insert(key.to_owned(), tat);
+        }
+        out
     }
 
     /// The table, now and then without the keys that are back at full burst.
