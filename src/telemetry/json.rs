@@ -55,11 +55,14 @@ enum Value {
 
 /// A span's fields, ordered by name (as a JSON object with sorted keys), `name` included.
 /// Their strings share one buffer, `text`: a request span's ten are one allocation, not
-/// ten. A field recorded again leaves its old text behind until the span closes.
+/// ten. A string field recorded again leaves its old text behind (`dead` bytes); once
+/// that is over half the buffer, the live strings are copied into a new one, so a span
+/// recorded in a loop does not grow without bound.
 #[derive(Debug, Default)]
 struct SpanFields {
     entries: Vec<(&'static str, Value)>,
     text: String,
+    dead: usize,
 }
 
 /// Span fields named after OpenTelemetry's conventions are for the trace exporter: they
@@ -75,6 +78,7 @@ impl SpanFields {
         SpanFields {
             entries: Vec::with_capacity(fields),
             text: String::new(),
+            dead: 0,
         }
     }
 
@@ -83,9 +87,30 @@ impl SpanFields {
         // first bytes, where a call to `memcmp` for each step costs more than the step.
         let order = |key: &&str| key.bytes().cmp(name.bytes());
         match self.entries.binary_search_by(|(key, _)| order(key)) {
-            Ok(at) => self.entries[at].1 = value,
+            Ok(at) => {
+                if let Value::Str(old) = std::mem::replace(&mut self.entries[at].1, value) {
+                    self.dead += old.len();
+                    if self.dead > self.text.len() / 2 {
+                        self.compact();
+                    }
+                }
+            }
             Err(at) => self.entries.insert(at, (name, value)),
         }
+    }
+
+    /// Copies the strings still in use into a new buffer, leaving the dead text behind.
+    fn compact(&mut self) {
+        let mut text = String::with_capacity(self.text.len() - self.dead);
+        for (_, value) in &mut self.entries {
+            if let Value::Str(range) = value {
+                let start = text.len();
+                text.push_str(&self.text[range.clone()]);
+                *range = start..text.len();
+            }
+        }
+        self.text = text;
+        self.dead = 0;
     }
 
     /// Keeps `value` in the span's text (room for a request span's strings made at once).

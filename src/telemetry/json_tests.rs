@@ -238,3 +238,21 @@ fn a_line_holds_the_events_span_with_its_latest_values() {
         "{timestamp}"
     );
 }
+
+#[test]
+fn a_string_field_recorded_again_and_again_keeps_the_span_text_bounded() {
+    let mut fields = SpanFields::with_capacity(2);
+    let fixed = fields.text("fixed");
+    fields.set("a", fixed);
+    for n in 0..10_000 {
+        let value = fields.text(&format!("value {n}"));
+        fields.set("b", value);
+    }
+    assert!(fields.text.len() < 64, "{} bytes kept", fields.text.len());
+    let mut out = Vec::new();
+    fields.write(&mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"a":"fixed","b":"value 9999"}"#
+    );
+}
