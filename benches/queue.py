@@ -112,7 +112,7 @@ def wait_until(predicate, timeout, what):
         time.sleep(0.05)
 
 
-def acceptance(work, relay_pid, connections, duration, rounds, port=PORT_RELAY):
+def acceptance(work, relay_pid, redis_pid, connections, duration, rounds, port=PORT_RELAY):
     auth = {"Authorization": f"Bearer {bench.CALLER_KEY}"}
     dry = bench.Target("dry_run", f"http://127.0.0.1:{port}/v1/flow-messages?dry_run=true",
                        bench.RELAY_MESSAGE, auth, [relay_pid])
@@ -127,7 +127,13 @@ def acceptance(work, relay_pid, connections, duration, rounds, port=PORT_RELAY):
             # store timeout), once the last run's drain has stopped.
             redis_cli("FLUSHALL", "ASYNC")
             time.sleep(1.5)
+            redis_before = bench.proc_cpu_seconds([redis_pid])
             run = bench.measure(work, target, connections, duration)
+            # redis-server's own CPU beside the relay's: one thread, so a share near 1.0
+            # means Redis, not the relay, sets the rate.
+            redis_cpu = bench.proc_cpu_seconds([redis_pid]) - redis_before
+            run["redis_cpu_us_per_request"] = round(redis_cpu / run["requests"] * 1e6, 1)
+            run["redis_cpu_share"] = round(redis_cpu / run["seconds"], 2)
             bench.log(f"   round {round_ + 1} {target.name}: {run['rps']} req/s, "
                       f"p99 {run['p99_ms']} ms, {run['status_errors']} non-2xx")
             if run["status_errors"]:
@@ -137,7 +143,8 @@ def acceptance(work, relay_pid, connections, duration, rounds, port=PORT_RELAY):
     for name in ("dry_run", "async"):
         mine = [r for r in runs if r["target"] == name]
         medians[name] = {key: statistics.median(r[key] for r in mine)
-                         for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")}
+                         for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request",
+                                     "redis_cpu_us_per_request", "redis_cpu_share")}
     medians["ratio"] = round(medians["async"]["rps"] / medians["dry_run"]["rps"], 3)
     return runs, medians
 
@@ -218,7 +225,7 @@ def main():
     procs = bench.Processes()
     try:
         bench.log(f"== redis-server, the simulator and the relay (logs in {work})")
-        procs.start(["redis-server", "--port", str(PORT_REDIS), "--bind", "127.0.0.1",
+        redis = procs.start(["redis-server", "--port", str(PORT_REDIS), "--bind", "127.0.0.1",
                      "--dir", str(work), "--appendonly", "yes", "--appendfsync", "everysec",
                      "--save", ""], work / "redis.log")
         wait_until(redis_ready, 10, "redis-server answering PING")
@@ -232,13 +239,13 @@ def main():
 
         bench.log(f"== acceptance: 202s beside dry runs, {args.connections} connections, "
                   f"{args.rounds} alternating rounds of {args.duration} s")
-        runs, accept = acceptance(work, relay.pid, args.connections, args.duration, args.rounds)
+        runs, accept = acceptance(work, relay.pid, redis.pid, args.connections, args.duration, args.rounds)
         procs.stop(relay)
         bench.log("== acceptance again, the queue holding (the bot at one message a day)")
         held = procs.start([str(bench.BIN), "serve"], work / "relay-held.log",
                            env=relay_env(PORT_IDLE, PORT_IDLE_ADMIN, 0.00001))
         bench.wait_http(PORT_IDLE, "/readyz", want=200)
-        held_runs, accept_held = acceptance(work, held.pid, args.connections, args.duration,
+        held_runs, accept_held = acceptance(work, held.pid, redis.pid, args.connections, args.duration,
                                             args.rounds, PORT_IDLE)
         procs.stop(held)
         relay = procs.start([str(bench.BIN), "serve"], work / "relay-2.log",
@@ -258,11 +265,12 @@ def main():
     for title, figures in (("while the queue drains", accept), ("while the queue holds", accept_held)):
         d, a = figures["dry_run"], figures["async"]
         print(f"\nAcceptance {title}, {args.connections} connections, medians of {args.rounds} rounds:")
-        print("| | req/s | p50 ms | p99 ms | CPU µs/req |")
-        print("|---|---|---|---|---|")
-        print(f"| synchronous dry run | {d['rps']:.0f} | {d['p50_ms']} | {d['p99_ms']} | {d['cpu_us_per_request']} |")
-        print(f"| asynchronous (202) | {a['rps']:.0f} | {a['p50_ms']} | {a['p99_ms']} | {a['cpu_us_per_request']} |")
-        print(f"| ratio | {figures['ratio']} | | | |")
+        print("| | req/s | p50 ms | p99 ms | relay CPU µs/req | Redis CPU µs/req | Redis busy (cores) |")
+        print("|---|---|---|---|---|---|---|")
+        for name, f in (("synchronous dry run", d), ("asynchronous (202)", a)):
+            print(f"| {name} | {f['rps']:.0f} | {f['p50_ms']} | {f['p99_ms']} | {f['cpu_us_per_request']} "
+                  f"| {f['redis_cpu_us_per_request']} | {f['redis_cpu_share']} |")
+        print(f"| ratio | {figures['ratio']} | | | | | |")
     print(f"\nRedis commands per message, accepted to sent: {commands['total']}")
     print("| command | per message |")
     print("|---|---|")

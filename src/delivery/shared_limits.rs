@@ -1,13 +1,14 @@
 //! GCRA on Redis: one atomic script per check, the same algorithm and parameters as the
 //! in-memory limiter (`gcra`), so switching backends changes nothing for callers.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::domain::RateSettings;
+use crate::store::group::{GroupCommit, Grouped};
 use crate::store::{RedisStore, StoreError};
 
 /// Admits one cell or says how long to wait, without spending anything on a refusal.
@@ -30,31 +31,49 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_ta
 return 0
 "#;
 
-/// Reserves the next cell of every key (each with its own interval and burst), now or
-/// later, when all of them come before ARGV[1] (microseconds from now): returns the
+/// Reservations, each its own group of keys, judged in order: each reserves the next
+/// cell of every one of its keys (each with its own interval and burst), now or later,
+/// when all of them come before its horizon (microseconds from now), and answers the
 /// wait until the last of them (0: now), or -1 when one would come later (nothing
-/// spent). One script for a message's recipient and bot limits: one round trip, and no
-/// cell of one spent when the other has none.
+/// spent). One reservation holds a message's recipient and bot limits, so no cell of one
+/// is spent when the other has none. ARGV: per reservation its key count, its horizon,
+/// then each key's interval and burst; KEYS: the keys, in the same order.
 const GCRA_RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local latest = now + tonumber(ARGV[1])
-local at = now
-local tats = {}
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', key)) or now
-  if tat < now then tat = now end
-  local allow_at = tat + interval - interval * burst
-  if allow_at > latest then return -1 end
-  if allow_at > at then at = allow_at end
-  tats[i] = tat + interval
+local waits = {}
+local a, k = 1, 1
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local latest = now + tonumber(ARGV[a + 1])
+  a = a + 2
+  local at = now
+  local tats = {}
+  for i = 0, n - 1 do
+    local interval = tonumber(ARGV[a + 2 * i])
+    local burst = tonumber(ARGV[a + 2 * i + 1])
+    local tat = tonumber(redis.call('GET', KEYS[k + i])) or now
+    if tat < now then tat = now end
+    local allow_at = tat + interval - interval * burst
+    if allow_at > latest then
+      at = nil
+      break
+    end
+    if allow_at > at then at = allow_at end
+    tats[i] = tat + interval
+  end
+  if at then
+    for i = 0, n - 1 do
+      redis.call('SET', KEYS[k + i], string.format('%d', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1)
+    end
+    waits[#waits + 1] = math.ceil(at - now)
+  else
+    waits[#waits + 1] = -1
+  end
+  a = a + 2 * n
+  k = k + n
 end
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, string.format('%d', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1)
-end
-return math.ceil(at - now)
+return waits
 "#;
 
 /// What a check is about.
@@ -69,7 +88,8 @@ pub enum Limit<'a> {
 pub struct SharedLimiter {
     store: Arc<RedisStore>,
     script: redis::Script,
-    reserve: redis::Script,
+    /// Reservations made together (started by the first).
+    reserves: OnceLock<GroupCommit<Reserves>>,
 }
 
 impl SharedLimiter {
@@ -77,7 +97,7 @@ impl SharedLimiter {
         SharedLimiter {
             store,
             script: redis::Script::new(GCRA),
-            reserve: redis::Script::new(GCRA_RESERVE),
+            reserves: OnceLock::new(),
         }
     }
 
@@ -124,24 +144,61 @@ impl SharedLimiter {
         limits: &[(Limit<'_>, RateSettings)],
         latest: Instant,
     ) -> Result<Option<Instant>, StoreError> {
-        let horizon_us = latest.saturating_duration_since(Instant::now()).as_micros() as u64;
-        let mut invocation = self.reserve.prepare_invoke();
-        invocation.arg(horizon_us);
-        for (limit, rate) in limits {
-            invocation
-                .key(self.key(*limit))
-                .arg(interval_us(rate))
-                .arg(rate.burst.max(1));
-        }
-        let wait_us: i64 = self
-            .store
-            .run("rate_limit", async |connection| {
-                invocation.invoke_async(connection).await
+        let reservation = Reservation {
+            horizon_us: latest.saturating_duration_since(Instant::now()).as_micros() as u64,
+            cells: limits
+                .iter()
+                .map(|(limit, rate)| (self.key(*limit), interval_us(rate), rate.burst.max(1)))
+                .collect(),
+        };
+        let reserves = self.reserves.get_or_init(|| {
+            GroupCommit::start(Reserves {
+                store: self.store.clone(),
+                script: redis::Script::new(GCRA_RESERVE),
             })
-            .await?;
+        });
+        let wait_us = reserves.submit(reservation).await?;
         Ok(u64::try_from(wait_us)
             .ok()
             .map(|wait| Instant::now() + Duration::from_micros(wait)))
+    }
+}
+
+/// One reservation: its horizon (µs from now) and each key's interval (µs) and burst.
+struct Reservation {
+    horizon_us: u64,
+    cells: Vec<(String, u64, u32)>,
+}
+
+/// `GCRA_RESERVE` runs: each reservation's wait in µs, -1 when refused.
+struct Reserves {
+    store: Arc<RedisStore>,
+    script: redis::Script,
+}
+
+impl Grouped for Reserves {
+    type Item = Reservation;
+    type Answer = i64;
+
+    fn weight(reservation: &Reservation) -> usize {
+        reservation.cells.len()
+    }
+
+    async fn call(&self, reservations: &[Reservation]) -> Result<Vec<i64>, StoreError> {
+        let mut invocation = self.script.prepare_invoke();
+        for reservation in reservations {
+            invocation
+                .arg(reservation.cells.len())
+                .arg(reservation.horizon_us);
+            for (key, interval, burst) in &reservation.cells {
+                invocation.key(key).arg(interval).arg(burst);
+            }
+        }
+        self.store
+            .run("rate_limit", async |connection| {
+                invocation.invoke_async(connection).await
+            })
+            .await
     }
 }
 

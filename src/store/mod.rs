@@ -2,6 +2,7 @@
 //! every replica's rate-limit state and idempotency keys; a timeout on every call; and a
 //! health flag that `/readyz`, the fallbacks and the metrics read.
 
+pub mod group;
 mod resolver;
 
 use std::future::Future;

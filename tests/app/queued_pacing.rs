@@ -129,6 +129,35 @@ async fn the_bot_limit_paces_the_queue_instead_of_refusing(backend: Backend) {
     assert!(span >= Duration::from_millis(350), "sent over {span:?}");
 }
 
+/// Acceptances that arrive together reserve their cells together, one after another:
+/// the bot's schedule is the same as for acceptances made in turn.
+async fn concurrent_acceptances_share_one_schedule(backend: Backend) {
+    let jelou = MockServer::start().await;
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(any())
+        .respond_with(Arrivals(arrivals.clone()))
+        .mount(&jelou)
+        .await;
+    let mut settings = settings(&jelou);
+    let bot = settings.bots.get_mut("ventas").unwrap();
+    bot.rate_per_second = Some(20.0);
+    bot.burst = Some(1);
+    let app = spawn_on(backend, settings).await;
+    let messages: Vec<Value> = (0..10)
+        .map(|i| message_to(&format!("+59399001{i:04}")))
+        .collect();
+    let queued = futures_util::future::join_all(messages.iter().map(|m| queue(&app, m, &[]))).await;
+    for answer in &queued {
+        settled(&app, answer["id"].as_str().unwrap(), "sent").await;
+    }
+    let mut arrivals = arrivals.lock().unwrap().clone();
+    arrivals.sort_unstable();
+    assert_eq!(arrivals.len(), 10);
+    // As above: 9 intervals of 50 ms at least, with room for one late first arrival.
+    let span = arrivals[9].duration_since(arrivals[0]);
+    assert!(span >= Duration::from_millis(350), "sent over {span:?}");
+}
+
 async fn a_message_that_cannot_leave_before_it_expires_spends_no_recipient_cell(backend: Backend) {
     let jelou = MockServer::start().await;
     accept_all(&jelou).await;
@@ -170,6 +199,45 @@ async fn a_full_queue_is_503_overloaded_with_retry_after(backend: Backend) {
     assert_eq!(response.headers().get("retry-after").unwrap(), "1");
     let problem = assert_problem(response, 503, "overloaded").await;
     assert_eq!(problem["delivery"], "not_sent");
+}
+
+/// Acceptances that arrive together are written together, yet each is judged alone:
+/// exactly the room left is taken, and every one refused is told nothing was queued.
+async fn concurrent_acceptances_past_max_queued_take_exactly_the_room_left(backend: Backend) {
+    let jelou = MockServer::start().await;
+    accept_all(&jelou).await;
+    let mut settings = settings(&jelou);
+    one_per_recipient(&mut settings);
+    settings.asynchronous.max_queued = 5;
+    let app = spawn_on(backend, settings).await;
+    let first = queue(&app, &seed_message(), &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    settled(&app, &first, "sent").await;
+    // The recipient's next cell is minutes away: every message accepted now waits.
+    let message = seed_message();
+    let sends = (0..20).map(|_| app.send_with(&message, &[ASYNC]));
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for response in futures_util::future::join_all(sends).await {
+        match response.status().as_u16() {
+            202 => {
+                let body: Value = response.json().await.unwrap();
+                accepted.push(body["id"].as_str().unwrap().to_string());
+            }
+            _ => {
+                let problem = assert_problem(response, 503, "overloaded").await;
+                assert_eq!(problem["delivery"], "not_sent");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((accepted.len(), refused), (5, 15));
+    for id in &accepted {
+        assert_eq!(status(&app, id).await.1["status"], "queued", "{id}");
+    }
+    assert_eq!(calls(&jelou).await, 1);
 }
 
 #[tokio::test]
@@ -243,6 +311,8 @@ on_both_backends!(
     a_queued_message_is_canceled_and_never_sent,
     a_backlog_for_one_recipient_never_delays_another,
     the_bot_limit_paces_the_queue_instead_of_refusing,
+    concurrent_acceptances_share_one_schedule,
     a_message_that_cannot_leave_before_it_expires_spends_no_recipient_cell,
     a_full_queue_is_503_overloaded_with_retry_after,
+    concurrent_acceptances_past_max_queued_take_exactly_the_room_left,
 );

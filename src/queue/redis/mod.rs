@@ -8,10 +8,11 @@
 //! replicas holding the same message (one stalled past the claim time) cannot both
 //! start its attempt. Entries are acknowledged as their message moves on, and each
 //! sweep trims what the group is done with, so the streams hold little beyond what is
-//! ready or being taken.
+//! ready or being taken. Acceptances that arrive together are written in one call
+//! ([`group`]).
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,12 +20,15 @@ use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
 use super::{Depth, Message, Notice, Placement, QueueError, QueueStore, Taken};
+use crate::store::group::GroupCommit;
 use crate::store::{RedisStore, StoreError};
 
+mod group;
 mod outbox;
 mod scripts;
 mod stream;
 
+use group::{Enqueues, Group, QueueKeys, Row};
 use scripts::{CHANGE, ENQUEUE, PROMOTE, TAKE_NOTICES, TRIM};
 use stream::{Lane, entry_message};
 
@@ -41,7 +45,8 @@ pub struct RedisQueue {
     retention: Duration,
     group_ready: AtomicBool,
     last_claim: Mutex<Option<Instant>>,
-    enqueue: redis::Script,
+    /// The writer of acceptances, started by the first enqueue.
+    group: OnceLock<GroupCommit<Enqueues>>,
     change: redis::Script,
     promote: redis::Script,
     take_notices: redis::Script,
@@ -76,7 +81,7 @@ impl RedisQueue {
             retention,
             group_ready: AtomicBool::new(false),
             last_claim: Mutex::new(None),
-            enqueue: redis::Script::new(ENQUEUE),
+            group: OnceLock::new(),
             change: redis::Script::new(CHANGE),
             promote: redis::Script::new(PROMOTE),
             take_notices: redis::Script::new(TAKE_NOTICES),
@@ -129,33 +134,25 @@ fn encode(message: &Message) -> Result<String, StoreError> {
 impl QueueStore for RedisQueue {
     async fn enqueue(&self, messages: &[Message], max_queued: usize) -> Result<(), QueueError> {
         self.ensure_group().await?;
-        let mut invocation = self.enqueue.prepare_invoke();
-        invocation
-            .key(self.key("open"))
-            .key(self.key(Lane::Fresh.part()))
-            .key(self.key("waiting"));
-        invocation.arg(max_queued);
         let now = super::message::now_ms();
-        for message in messages {
-            // Past its expiry and retention a message is forgotten even if no replica
-            // ever ran again to close it.
-            let retention_ms = message.expires_ms.saturating_sub(message.created_ms)
-                + self.retention.as_millis() as u64;
-            invocation
-                .key(self.message_key(&message.id))
-                .arg(&message.id)
-                .arg(encode(message)?)
-                .arg(message.created_ms)
-                .arg(retention_ms)
-                .arg(message.due_later(now).unwrap_or(0));
-        }
-        let queued: i64 = self
-            .store
-            .run("queue", async |c: &mut MultiplexedConnection| {
-                invocation.invoke_async(c).await
+        let retention_ms = self.retention.as_millis() as u64;
+        let rows = messages
+            .iter()
+            .map(|message| Row::new(self.message_key(&message.id), message, now, retention_ms))
+            .collect::<Result<Vec<_>, _>>()?;
+        let group = self.group.get_or_init(|| {
+            let keys = QueueKeys {
+                open: self.key("open"),
+                stream: self.key(Lane::Fresh.part()),
+                waiting: self.key("waiting"),
+            };
+            GroupCommit::start(Enqueues {
+                store: self.store.clone(),
+                script: redis::Script::new(ENQUEUE),
+                keys,
             })
-            .await?;
-        if queued == 0 {
+        });
+        if !group.submit(Group { rows, max_queued }).await? {
             return Err(QueueError::Full);
         }
         Ok(())

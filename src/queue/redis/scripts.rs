@@ -1,25 +1,37 @@
 //! The queue's Lua scripts: each change is one atomic step in Redis.
 
-/// KEYS: open, stream, waiting, then one hash per message. ARGV: max_queued, then per
-/// message id, JSON, created ms, TTL ms, and when it is due (ms; 0: now). Returns 0
-/// when the queue is full (nothing queued).
+/// KEYS: open, stream, waiting, then one hash per message. ARGV: groups, each its
+/// message count, max_queued, then per message id, JSON, created ms, TTL ms, and when it
+/// is due (ms; 0: now). Each group is queued whole or not at all (when it would make
+/// more than max_queued open messages). Returns one flag per group: 1 queued, 0 full.
 pub(super) const ENQUEUE: &str = r#"
-local max = tonumber(ARGV[1])
-local n = #KEYS - 3
-if redis.call('ZCARD', KEYS[1]) + n > max then return 0 end
-for i = 1, n do
-  local base = 1 + (i - 1) * 5
-  local id = ARGV[base + 1]
-  redis.call('HSET', KEYS[3 + i], 'version', 1, 'status', 'queued', 'json', ARGV[base + 2])
-  redis.call('PEXPIRE', KEYS[3 + i], ARGV[base + 4])
-  redis.call('ZADD', KEYS[1], ARGV[base + 3], id)
-  if ARGV[base + 5] == '0' then
-    redis.call('XADD', KEYS[2], '*', 'id', id)
-  else
-    redis.call('ZADD', KEYS[3], ARGV[base + 5], id)
+local open = redis.call('ZCARD', KEYS[1])
+local queued = {}
+local a, k = 1, 4
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local fits = open + n <= tonumber(ARGV[a + 1])
+  a = a + 2
+  if fits then
+    for i = 0, n - 1 do
+      local base = a + i * 5
+      local id = ARGV[base]
+      redis.call('HSET', KEYS[k + i], 'version', 1, 'status', 'queued', 'json', ARGV[base + 1])
+      redis.call('PEXPIRE', KEYS[k + i], ARGV[base + 3])
+      redis.call('ZADD', KEYS[1], ARGV[base + 2], id)
+      if ARGV[base + 4] == '0' then
+        redis.call('XADD', KEYS[2], '*', 'id', id)
+      else
+        redis.call('ZADD', KEYS[3], ARGV[base + 4], id)
+      end
+    end
+    open = open + n
   end
+  queued[#queued + 1] = fits and 1 or 0
+  a = a + n * 5
+  k = k + n
 end
-return 1
+return queued
 "#;
 
 /// KEYS: hash, stream, waiting, leases, open, outbox, notice. ARGV: id, version read,
