@@ -14,7 +14,9 @@ and asynchronous sending on. Three figures:
                  while the queue drains to the simulator on the same two cores (the bot at
                  1,000 messages/s), and while it holds (the bot at one message a day: each
                  message is paced as it is accepted and waits for its slot, never
-                 sent), which is the relay's acceptance work alone.
+                 sent), which is the relay's acceptance work alone. Each run also
+                 gives redis-server's CPU beside the relay's, and the script runs
+                 (`EVALSHA`) per answer.
   commands     - Redis commands per message from acceptance to `sent` (INFO commandstats;
                  commands run inside the relay's scripts are counted too), less what an
                  idle relay spends polling over the same time.
@@ -127,8 +129,11 @@ def acceptance(work, relay_pid, redis_pid, connections, duration, rounds, port=P
             # store timeout), once the last run's drain has stopped.
             redis_cli("FLUSHALL", "ASYNC")
             time.sleep(1.5)
+            redis_cli("CONFIG", "RESETSTAT")
             redis_before = bench.proc_cpu_seconds([redis_pid])
             run = bench.measure(work, target, connections, duration)
+            # Script runs per answer: below 1 when calls arriving together went as one.
+            run["evalsha_per_request"] = round(command_calls().get("evalsha", 0) / run["requests"], 3)
             # redis-server's own CPU beside the relay's: one thread, so a share near 1.0
             # means Redis, not the relay, sets the rate.
             redis_cpu = bench.proc_cpu_seconds([redis_pid]) - redis_before
@@ -144,7 +149,8 @@ def acceptance(work, relay_pid, redis_pid, connections, duration, rounds, port=P
         mine = [r for r in runs if r["target"] == name]
         medians[name] = {key: statistics.median(r[key] for r in mine)
                          for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request",
-                                     "redis_cpu_us_per_request", "redis_cpu_share")}
+                                     "redis_cpu_us_per_request", "redis_cpu_share",
+                                     "evalsha_per_request")}
     medians["ratio"] = round(medians["async"]["rps"] / medians["dry_run"]["rps"], 3)
     return runs, medians
 
@@ -265,12 +271,13 @@ def main():
     for title, figures in (("while the queue drains", accept), ("while the queue holds", accept_held)):
         d, a = figures["dry_run"], figures["async"]
         print(f"\nAcceptance {title}, {args.connections} connections, medians of {args.rounds} rounds:")
-        print("| | req/s | p50 ms | p99 ms | relay CPU µs/req | Redis CPU µs/req | Redis busy (cores) |")
-        print("|---|---|---|---|---|---|---|")
+        print("| | req/s | p50 ms | p99 ms | relay CPU µs/req | Redis CPU µs/req | Redis busy (cores) "
+              "| EVALSHA/req |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, f in (("synchronous dry run", d), ("asynchronous (202)", a)):
             print(f"| {name} | {f['rps']:.0f} | {f['p50_ms']} | {f['p99_ms']} | {f['cpu_us_per_request']} "
-                  f"| {f['redis_cpu_us_per_request']} | {f['redis_cpu_share']} |")
-        print(f"| ratio | {figures['ratio']} | | | | | |")
+                  f"| {f['redis_cpu_us_per_request']} | {f['redis_cpu_share']} | {f['evalsha_per_request']} |")
+        print(f"| ratio | {figures['ratio']} | | | | | | |")
     print(f"\nRedis commands per message, accepted to sent: {commands['total']}")
     print("| command | per message |")
     print("|---|---|")

@@ -152,10 +152,11 @@ impl SharedLimiter {
                 .collect(),
         };
         let reserves = self.reserves.get_or_init(|| {
-            GroupCommit::start(Reserves {
+            let reserves = Reserves {
                 store: self.store.clone(),
                 script: redis::Script::new(GCRA_RESERVE),
-            })
+            };
+            GroupCommit::start(reserves, self.store.runtime())
         });
         let wait_us = reserves.submit(reservation).await?;
         Ok(u64::try_from(wait_us)

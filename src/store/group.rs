@@ -45,10 +45,10 @@ impl<G: Grouped> std::fmt::Debug for GroupCommit<G> {
 }
 
 impl<G: Grouped> GroupCommit<G> {
-    /// Starts the writer task on the current runtime.
-    pub fn start(calls: G) -> Self {
+    /// Starts the writer task on `runtime`.
+    pub fn start(calls: G, runtime: &tokio::runtime::Handle) -> Self {
         let (pending, received) = mpsc::unbounded_channel();
-        tokio::spawn(write(calls, received));
+        runtime.spawn(write(calls, received));
         GroupCommit { pending }
     }
 

@@ -129,6 +129,9 @@ pub struct RedisStore {
     pub failure_mode: FailureMode,
     pub expected_replicas: u32,
     up: AtomicBool,
+    /// The runtime the store was opened on, which outlives the per-core workers: its
+    /// background tasks run there.
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -170,10 +173,16 @@ impl RedisStore {
             expected_replicas: config.expected_replicas,
             // Unknown until the first ping; requests try Redis meanwhile.
             up: AtomicBool::new(true),
+            runtime: tokio::runtime::Handle::current(),
         });
         metrics::gauge!(crate::metrics::STORE_UP).set(1.0);
         tokio::spawn(ping_forever(Arc::downgrade(&store)));
         Ok(store)
+    }
+
+    /// The runtime for the store's background tasks.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     pub fn is_up(&self) -> bool {

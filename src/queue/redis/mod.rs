@@ -146,11 +146,12 @@ impl QueueStore for RedisQueue {
                 stream: self.key(Lane::Fresh.part()),
                 waiting: self.key("waiting"),
             };
-            GroupCommit::start(Enqueues {
+            let enqueues = Enqueues {
                 store: self.store.clone(),
                 script: redis::Script::new(ENQUEUE),
                 keys,
-            })
+            };
+            GroupCommit::start(enqueues, self.store.runtime())
         });
         if !group.submit(Group { rows, max_queued }).await? {
             return Err(QueueError::Full);
