@@ -94,7 +94,11 @@ impl Respond for Arrivals {
     }
 }
 
-async fn the_bot_limit_paces_the_queue_instead_of_refusing(backend: Backend) {
+/// A Jelou that records when each message arrives, and the relay in front of it with its
+/// bot at 20 messages a second and a burst of 1.
+async fn app_with_bot_at_20_per_second(
+    backend: Backend,
+) -> (MockServer, TestApp, Arc<Mutex<Vec<Instant>>>) {
     let jelou = MockServer::start().await;
     let arrivals = Arc::new(Mutex::new(Vec::new()));
     Mock::given(any())
@@ -106,6 +110,22 @@ async fn the_bot_limit_paces_the_queue_instead_of_refusing(backend: Backend) {
     bot.rate_per_second = Some(20.0);
     bot.burst = Some(1);
     let app = spawn_on(backend, settings).await;
+    (jelou, app, arrivals)
+}
+
+/// 10 messages at 20/s with a burst of 1 leave at least 9 intervals of 50 ms apart
+/// (450 ms); unpaced they would all arrive within a few milliseconds. The bound leaves
+/// room for one late first arrival on a loaded machine.
+fn assert_paced_at_20_per_second(arrivals: &Mutex<Vec<Instant>>) {
+    let mut arrivals = arrivals.lock().unwrap().clone();
+    arrivals.sort_unstable();
+    assert_eq!(arrivals.len(), 10);
+    let span = arrivals[9].duration_since(arrivals[0]);
+    assert!(span >= Duration::from_millis(350), "sent over {span:?}");
+}
+
+async fn the_bot_limit_paces_the_queue_instead_of_refusing(backend: Backend) {
+    let (_jelou, app, arrivals) = app_with_bot_at_20_per_second(backend).await;
     let mut ids = Vec::new();
     for i in 0..10 {
         let to = format!("+59399000{i:04}");
@@ -119,30 +139,13 @@ async fn the_bot_limit_paces_the_queue_instead_of_refusing(backend: Backend) {
     for id in &ids {
         settled(&app, id, "sent").await;
     }
-    let mut arrivals = arrivals.lock().unwrap().clone();
-    arrivals.sort_unstable();
-    assert_eq!(arrivals.len(), 10);
-    // 10 messages at 20/s with a burst of 1 leave at least 9 intervals of 50 ms apart
-    // (450 ms); unpaced they would all arrive within a few milliseconds. The bound leaves
-    // room for one late first arrival on a loaded machine.
-    let span = arrivals[9].duration_since(arrivals[0]);
-    assert!(span >= Duration::from_millis(350), "sent over {span:?}");
+    assert_paced_at_20_per_second(&arrivals);
 }
 
 /// Acceptances that arrive together reserve their cells together, one after another:
 /// the bot's schedule is the same as for acceptances made in turn.
 async fn concurrent_acceptances_share_one_schedule(backend: Backend) {
-    let jelou = MockServer::start().await;
-    let arrivals = Arc::new(Mutex::new(Vec::new()));
-    Mock::given(any())
-        .respond_with(Arrivals(arrivals.clone()))
-        .mount(&jelou)
-        .await;
-    let mut settings = settings(&jelou);
-    let bot = settings.bots.get_mut("ventas").unwrap();
-    bot.rate_per_second = Some(20.0);
-    bot.burst = Some(1);
-    let app = spawn_on(backend, settings).await;
+    let (_jelou, app, arrivals) = app_with_bot_at_20_per_second(backend).await;
     let messages: Vec<Value> = (0..10)
         .map(|i| message_to(&format!("+59399001{i:04}")))
         .collect();
@@ -150,12 +153,7 @@ async fn concurrent_acceptances_share_one_schedule(backend: Backend) {
     for answer in &queued {
         settled(&app, answer["id"].as_str().unwrap(), "sent").await;
     }
-    let mut arrivals = arrivals.lock().unwrap().clone();
-    arrivals.sort_unstable();
-    assert_eq!(arrivals.len(), 10);
-    // As above: 9 intervals of 50 ms at least, with room for one late first arrival.
-    let span = arrivals[9].duration_since(arrivals[0]);
-    assert!(span >= Duration::from_millis(350), "sent over {span:?}");
+    assert_paced_at_20_per_second(&arrivals);
 }
 
 async fn a_message_that_cannot_leave_before_it_expires_spends_no_recipient_cell(backend: Backend) {

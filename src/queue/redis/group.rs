@@ -69,39 +69,31 @@ impl Grouped for Enqueues {
         group.rows.len()
     }
 
+    /// One `ENQUEUE` run for `groups`: whether each was queued.
     async fn call(&self, groups: &[Group]) -> Result<Vec<bool>, StoreError> {
-        call(&self.store, &self.script, &self.keys, groups).await
-    }
-}
-
-/// One `ENQUEUE` run for `groups`: whether each was queued.
-async fn call(
-    store: &RedisStore,
-    script: &redis::Script,
-    keys: &QueueKeys,
-    groups: &[Group],
-) -> Result<Vec<bool>, StoreError> {
-    let mut invocation = script.prepare_invoke();
-    invocation
-        .key(&keys.open)
-        .key(&keys.stream)
-        .key(&keys.waiting);
-    for group in groups {
-        invocation.arg(group.rows.len()).arg(group.max_queued);
-        for row in &group.rows {
-            invocation
-                .key(&row.key)
-                .arg(&row.id)
-                .arg(&row.json)
-                .arg(row.created_ms)
-                .arg(row.retention_ms)
-                .arg(row.due_ms);
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(&self.keys.open)
+            .key(&self.keys.stream)
+            .key(&self.keys.waiting);
+        for group in groups {
+            invocation.arg(group.rows.len()).arg(group.max_queued);
+            for row in &group.rows {
+                invocation
+                    .key(&row.key)
+                    .arg(&row.id)
+                    .arg(&row.json)
+                    .arg(row.created_ms)
+                    .arg(row.retention_ms)
+                    .arg(row.due_ms);
+            }
         }
+        let queued: Vec<i64> = self
+            .store
+            .run("queue", async |c: &mut MultiplexedConnection| {
+                invocation.invoke_async(c).await
+            })
+            .await?;
+        Ok(queued.into_iter().map(|flag| flag == 1).collect())
     }
-    let queued: Vec<i64> = store
-        .run("queue", async |c: &mut MultiplexedConnection| {
-            invocation.invoke_async(c).await
-        })
-        .await?;
-    Ok(queued.into_iter().map(|flag| flag == 1).collect())
 }
