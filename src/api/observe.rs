@@ -13,7 +13,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::StatusCode;
-use metrics::{Counter, Histogram, SharedString};
+use metrics::{Counter, Gauge, Histogram, SharedString};
 use tracing::{Instrument, Span};
 
 use super::auth::Authenticated;
@@ -246,19 +246,23 @@ impl RequestMetrics {
     }
 }
 
+/// The in-flight gauge, registered once: `gauge!` looked its key up in the recorder's
+/// registry twice a request.
+static IN_FLIGHT: LazyLock<Gauge> = LazyLock::new(|| metrics::gauge!(crate::metrics::IN_FLIGHT));
+
 /// Counts a request in `jelou_relay_in_flight_requests` while it lives.
 struct InFlight;
 
 impl InFlight {
     fn enter() -> InFlight {
-        metrics::gauge!(crate::metrics::IN_FLIGHT).increment(1.0);
+        IN_FLIGHT.increment(1.0);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(crate::metrics::IN_FLIGHT).decrement(1.0);
+        IN_FLIGHT.decrement(1.0);
     }
 }
 

@@ -34,6 +34,30 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, each at its [`Status::place`].
+    pub const ALL: [Status; 7] = [
+        Status::Queued,
+        Status::Sending,
+        Status::Sent,
+        Status::Failed,
+        Status::Unknown,
+        Status::Expired,
+        Status::Canceled,
+    ];
+
+    /// This status's place in [`Status::ALL`] (a match, so a new status cannot be missed).
+    pub fn place(self) -> usize {
+        match self {
+            Status::Queued => 0,
+            Status::Sending => 1,
+            Status::Sent => 2,
+            Status::Failed => 3,
+            Status::Unknown => 4,
+            Status::Expired => 5,
+            Status::Canceled => 6,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Queued => "queued",
@@ -342,7 +366,14 @@ pub struct MessageStatus {
 
 #[cfg(test)]
 mod tests {
-    use super::JelouBody;
+    use super::{JelouBody, Status};
+
+    #[test]
+    fn every_status_is_at_its_own_place() {
+        for (at, status) in Status::ALL.into_iter().enumerate() {
+            assert_eq!(status.place(), at, "{status:?}");
+        }
+    }
 
     #[test]
     fn the_body_is_stored_as_json_and_read_back_byte_for_byte() {
