@@ -326,6 +326,12 @@ fn local_starts_in_sandbox_without_any_credentials() {
             .terminate(std::time::Duration::from_secs(10))
             .success()
     );
+    // At `info` no attempt span is made: the sandbox's line carries the request's, so it
+    // names the request and its bot.
+    let accepted = log_line(&relay.output(), "sandbox: message accepted, not sent");
+    assert_eq!(accepted["span"]["name"], "request", "{accepted}");
+    assert_eq!(accepted["span"]["bot"], "ventas", "{accepted}");
+    assert!(accepted["span"]["request_id"].is_string(), "{accepted}");
 }
 
 /// POSTs the seed example from a synchronous test.
