@@ -12,7 +12,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use http::StatusCode;
+use http::{HeaderName, StatusCode};
 use metrics::{Counter, Gauge, Histogram, SharedString};
 use tracing::{Instrument, Span};
 
@@ -42,6 +42,9 @@ impl RequestOutcome {
     }
 }
 
+/// The W3C trace context header, as a `HeaderName` (a string is parsed on every lookup).
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// Opens the request span, continues the caller's trace, counts and times the request,
 /// and writes the `request finished` line.
 pub async fn observe(mut request: Request, next: Next) -> Response {
@@ -65,7 +68,7 @@ impl Observing {
         let started = Instant::now();
         let incoming = request
             .headers()
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(TraceContext::parse);
         // Without an exporter the relay's own context is the caller's trace under a new

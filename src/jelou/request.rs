@@ -135,8 +135,13 @@ impl FlowRequest {
             },
             payload: message.context.as_ref(),
         };
-        // Serializing borrowed strings and maps of JSON values cannot fail.
-        let body = serde_json::to_vec(&body).unwrap_or_default();
+        // Serializing borrowed strings and maps of JSON values cannot fail. Room for a
+        // usual body at once: `to_vec` starts at 128 bytes and grows once or twice.
+        let mut bytes = Vec::with_capacity(512);
+        if serde_json::to_writer(&mut bytes, &body).is_err() {
+            bytes.clear();
+        }
+        let body = bytes;
         FlowRequest {
             url: urls.flow_message(&bot.id, message.to.as_str(), message.flow_type.as_deref()),
             bot,

@@ -48,7 +48,7 @@ pub async fn deliver(
                 content_type: "application/json".into(),
                 retry_after: None,
                 location: None,
-                body: serde_json::to_vec(&body).unwrap_or_default().into(),
+                body: json_body(&body),
             };
             (answer, outcome)
         }
@@ -77,8 +77,19 @@ fn problem_answer(problem: Problem) -> StoredAnswer {
         content_type: PROBLEM_CONTENT_TYPE.into(),
         retry_after: problem.retry_after,
         location: None,
-        body: serde_json::to_vec(&problem).unwrap_or_default().into(),
+        body: json_body(&problem),
     }
+}
+
+/// An answer's JSON body. Room for a usual answer at once (`to_vec` starts at 128 bytes
+/// and a 200's body is longer); a body that cannot be serialized (none of the answers'
+/// types can fail) is empty.
+pub fn json_body(value: &impl serde::Serialize) -> bytes::Bytes {
+    let mut bytes = Vec::with_capacity(256);
+    if serde_json::to_writer(&mut bytes, value).is_err() {
+        bytes.clear();
+    }
+    bytes.into()
 }
 
 pub fn answer_response(answer: StoredAnswer, replayed: bool) -> Response {

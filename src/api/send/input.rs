@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderName, header};
 use http_body_util::BodyExt;
 
 use crate::api::problem::ApiError;
@@ -14,8 +14,13 @@ use crate::idempotency::is_valid_key;
 /// The header a caller uses to ask for a shorter deadline than the relay's.
 pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 
+// Header names looked up as `HeaderName`s, not strings: a string is parsed and checked
+// for case on every lookup.
+static REQUEST_TIMEOUT: HeaderName = HeaderName::from_static(TIMEOUT_HEADER);
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 pub fn idempotency_key(headers: &HeaderMap, required: bool) -> Result<Option<String>, ApiError> {
-    let mut values = headers.get_all("idempotency-key").iter();
+    let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
     match (values.next(), values.next()) {
         (None, _) if required => Err(ApiError::IdempotencyKeyRequired),
         (None, _) => Ok(None),
@@ -28,7 +33,7 @@ pub fn idempotency_key(headers: &HeaderMap, required: bool) -> Result<Option<Str
 
 /// The caller's `X-Request-Timeout-Ms`, never longer than the relay's own deadline.
 pub fn requested_timeout(headers: &HeaderMap, default: Duration) -> Result<Duration, ApiError> {
-    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+    let Some(value) = headers.get(&REQUEST_TIMEOUT) else {
         return Ok(default);
     };
     match value

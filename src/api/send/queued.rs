@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use axum::response::Response;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
-use super::answer::answer_response;
+use super::answer::{answer_response, json_body};
 use super::schema::{QueuedResponse, QueuedStatus};
 use crate::api::auth::Authenticated;
 use crate::api::observe::RequestOutcome;
@@ -22,12 +22,14 @@ use crate::queue::worker::{log_change, wakes_worker};
 use crate::queue::{Message, QueueError, Status};
 
 pub const TTL_HEADER: &str = "x-message-ttl-seconds";
+static TTL: HeaderName = HeaderName::from_static(TTL_HEADER);
+static PREFER: HeaderName = HeaderName::from_static("prefer");
 
 /// Whether the caller prefers an asynchronous answer (RFC 7240 `Prefer: respond-async`,
 /// among other preferences, in any case).
 pub fn prefers_async(headers: &HeaderMap) -> bool {
     headers
-        .get_all("prefer")
+        .get_all(&PREFER)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
@@ -39,7 +41,7 @@ pub fn prefers_async(headers: &HeaderMap) -> bool {
 
 /// `X-Message-Ttl-Seconds`: 1 to `async.max_ttl_seconds`, else the default expiry.
 pub fn ttl(headers: &HeaderMap, default: Duration, max: Duration) -> Result<Duration, ApiError> {
-    let Some(value) = headers.get(TTL_HEADER) else {
+    let Some(value) = headers.get(&TTL) else {
         return Ok(default);
     };
     let max_seconds = max.as_secs();
@@ -110,7 +112,7 @@ pub fn accepted(message: &Message) -> StoredAnswer {
         content_type: "application/json".into(),
         retry_after: None,
         location: Some(format!("/v1/flow-messages/{}", message.id)),
-        body: serde_json::to_vec(&body).unwrap_or_default().into(),
+        body: json_body(&body),
     }
 }
 
