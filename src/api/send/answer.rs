@@ -71,7 +71,7 @@ pub async fn deliver(
     (answer, outcome)
 }
 
-fn problem_answer(problem: Problem) -> StoredAnswer {
+pub(super) fn problem_answer(problem: Problem) -> StoredAnswer {
     StoredAnswer {
         status: problem.status,
         content_type: PROBLEM_CONTENT_TYPE.into(),

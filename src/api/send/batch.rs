@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-use super::answer::{answer_response, log_failure};
+use super::answer::{answer_response, json_body, log_failure, problem_answer};
 use super::keys::{self, Claim};
 use super::schema::BatchRequest;
 use super::{input, message_from, queued};
@@ -187,14 +187,7 @@ async fn handle(
 
     let answer = if queue.is_empty() {
         let items = serde_json::to_value(&items).unwrap_or_default();
-        let problem = ApiError::BatchRejected(items).into_problem(request_id);
-        StoredAnswer {
-            status: problem.status,
-            content_type: crate::api::problem::PROBLEM_CONTENT_TYPE.into(),
-            retry_after: None,
-            location: None,
-            body: serde_json::to_vec(&problem).unwrap_or_default().into(),
-        }
+        problem_answer(ApiError::BatchRejected(items).into_problem(request_id))
     } else {
         if let Err(error) = enqueue(state, &queue).await {
             queued::release(state, reserved.as_ref()).await;
@@ -338,6 +331,6 @@ fn accepted(queued: &[Message], items: Vec<BatchItem>) -> StoredAnswer {
         content_type: "application/json".into(),
         retry_after: None,
         location: None,
-        body: serde_json::to_vec(&body).unwrap_or_default().into(),
+        body: json_body(&body),
     }
 }
