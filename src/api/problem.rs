@@ -41,7 +41,11 @@ pub struct Problem {
     /// Seconds to wait before retrying, also sent as `Retry-After`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
-    /// A batch none of whose messages was queued: each message's outcome, in order.
+    /// The message's id, when it may be queued though the answer is a problem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// A batch none of whose messages was queued (or whose messages may be queued):
+    /// each message's outcome, in order.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub items: Option<serde_json::Value>,
@@ -112,6 +116,12 @@ pub enum ApiError {
     AsyncDisabled,
     /// A batch none of whose messages could be queued; each item's outcome.
     BatchRejected(serde_json::Value),
+    /// The queue's store took the messages and did not answer in time: they may be
+    /// queued, and then will be sent. The single message's id, or a batch's items.
+    QueueUnanswered {
+        id: Option<String>,
+        items: Option<serde_json::Value>,
+    },
 }
 
 impl ApiError {
@@ -214,6 +224,12 @@ impl ApiError {
                 "The request body did not arrive in time",
                 true,
             ),
+            ApiError::QueueUnanswered { .. } => (
+                S::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "The relay cannot serve this now",
+                false,
+            ),
             ApiError::QueueFull => (
                 S::SERVICE_UNAVAILABLE,
                 "overloaded",
@@ -313,6 +329,12 @@ impl ApiError {
             ApiError::AsyncDisabled => {
                 "this relay does not queue messages (async.enabled = false): nothing was queued; send them one by one, synchronously".into()
             }
+            ApiError::QueueUnanswered { id: Some(id), .. } => format!(
+                "the queue's store took the message and did not answer in time: it may be queued, and then it will be sent; look it up at /v1/flow-messages/{id} before sending it again"
+            ),
+            ApiError::QueueUnanswered { id: None, .. } => {
+                "the queue's store took the batch's messages and did not answer in time: each item with an id may be queued, and then it will be sent; look it up at /v1/flow-messages/{id} before sending it again".into()
+            }
             ApiError::BatchRejected(items) => format!(
                 "none of the {} messages could be queued; see `items`",
                 items.as_array().map_or(0, Vec::len)
@@ -343,9 +365,10 @@ impl ApiError {
     pub fn into_problem(self, request_id: &str) -> Problem {
         let (status, code, title, retryable) = self.describe();
         let detail = self.detail();
-        let items = match &self {
-            ApiError::BatchRejected(items) => Some(items.clone()),
-            _ => None,
+        let (id, items) = match &self {
+            ApiError::BatchRejected(items) => (None, Some(items.clone())),
+            ApiError::QueueUnanswered { id, items } => (id.clone(), items.clone()),
+            _ => (None, None),
         };
         let (errors, delivery, attempts, upstream, retry_after) = match self {
             ApiError::Validation(errors) | ApiError::UnknownBot(errors) => {
@@ -363,7 +386,9 @@ impl ApiError {
                         .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
                 )
             }
-            ApiError::SendInterrupted => (Vec::new(), DeliveryState::Unknown, None, None, None),
+            ApiError::SendInterrupted | ApiError::QueueUnanswered { .. } => {
+                (Vec::new(), DeliveryState::Unknown, None, None, None)
+            }
             ApiError::IdempotencyKeyInFlight
             | ApiError::StoreUnavailable(_)
             | ApiError::QueueFull
@@ -390,6 +415,7 @@ impl ApiError {
             attempts,
             upstream,
             retry_after,
+            id,
             items,
         }
     }

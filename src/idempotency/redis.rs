@@ -180,7 +180,7 @@ impl RedisIdempotency {
             })),
             (Some("existing"), Some(value)) => {
                 let record: Record = serde_json::from_str(value).map_err(|error| {
-                    StoreError(format!(
+                    StoreError::new(format!(
                         "an idempotency record in the shared store is unreadable ({error})"
                     ))
                 })?;
@@ -208,8 +208,8 @@ impl RedisIdempotency {
                     }),
                 })
             }
-            _ => Err(StoreError(
-                "the shared store answered the idempotency claim unexpectedly".into(),
+            _ => Err(StoreError::new(
+                "the shared store answered the idempotency claim unexpectedly",
             )),
         }
     }
@@ -230,7 +230,7 @@ impl RedisIdempotency {
             body: String::from_utf8_lossy(&answer.body).into_owned(),
         };
         let record = serde_json::to_string(&record)
-            .map_err(|error| StoreError(format!("cannot encode the answer ({error})")))?;
+            .map_err(|error| StoreError::new(format!("cannot encode the answer ({error})")))?;
         let mut invocation = self.complete.prepare_invoke();
         invocation
             .key(self.key(key))

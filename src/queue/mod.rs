@@ -60,12 +60,21 @@ pub struct Taken {
 /// What the queue answers.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    /// The store cannot be reached; nothing was queued or changed.
+    /// The store refused the call or cannot be reached: nothing was queued or changed.
+    /// Or it took the call and did not answer in time (`StoreError::may_have_run`): a
+    /// stalled Redis may carry it out when it resumes.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// `async.max_queued` messages are waiting already.
     #[error("the queue is full")]
     Full,
+}
+
+impl QueueError {
+    /// Whether the call may yet be carried out: the messages may be queued, and then sent.
+    pub fn may_have_run(&self) -> bool {
+        matches!(self, QueueError::Store(error) if error.may_have_run())
+    }
 }
 
 /// Open messages (queued or sending) and the creation time of the oldest.

@@ -55,7 +55,7 @@ impl<G: Grouped> GroupCommit<G> {
     /// `item`'s answer, from the next call.
     pub async fn submit(&self, item: G::Item) -> Result<G::Answer, StoreError> {
         let (answer, answered) = oneshot::channel();
-        let stopped = || StoreError("the store's writer has stopped; nothing was written".into());
+        let stopped = || StoreError::new("the store's writer has stopped; nothing was written");
         self.pending.send((item, answer)).map_err(|_| stopped())?;
         answered.await.map_err(|_| stopped())?
     }
@@ -78,7 +78,7 @@ async fn write<G: Grouped>(calls: G, mut received: mpsc::UnboundedReceiver<Pendi
         }
         let result = match calls.call(&items).await {
             Ok(answered) if answered.len() == items.len() => Ok(answered),
-            Ok(answered) => Err(StoreError(format!(
+            Ok(answered) => Err(StoreError::new(format!(
                 "a grouped call answered {} of {} items",
                 answered.len(),
                 items.len()
@@ -94,7 +94,7 @@ async fn write<G: Grouped>(calls: G, mut received: mpsc::UnboundedReceiver<Pendi
             }
             Err(error) => {
                 for answer in answers.drain(..) {
-                    let _ = answer.send(Err(StoreError(error.0.clone())));
+                    let _ = answer.send(Err(error.clone()));
                 }
             }
         }

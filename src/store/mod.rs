@@ -2,6 +2,7 @@
 //! every replica's rate-limit state and idempotency keys; a timeout on every call; and a
 //! health flag that `/readyz`, the fallbacks and the metrics read.
 
+mod connection;
 pub mod group;
 mod resolver;
 
@@ -17,6 +18,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
+use connection::Connection;
 use resolver::HickoryResolver;
 
 /// How often the store is pinged, so that its state is known without traffic and a
@@ -24,9 +26,39 @@ use resolver::HickoryResolver;
 const PING_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A call to the shared store failed; the text names the target, never its password.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{detail}")]
+pub struct StoreError {
+    detail: String,
+    /// The call went out and no answer came in time: a stalled Redis may still carry
+    /// it out when it resumes.
+    unanswered: bool,
+}
+
+impl StoreError {
+    /// A call the store refused, or one that never reached it: nothing was done.
+    pub fn new(detail: impl Into<String>) -> StoreError {
+        StoreError {
+            detail: detail.into(),
+            unanswered: false,
+        }
+    }
+
+    /// A call that went out and was not answered in time.
+    fn unanswered(detail: String) -> StoreError {
+        StoreError {
+            detail,
+            unanswered: true,
+        }
+    }
+
+    /// Whether the store may still carry the call out: it went out and no answer came
+    /// within `store.timeout_ms`. A connection that fails, or an error Redis answers,
+    /// is taken as a call not carried out.
+    pub fn may_have_run(&self) -> bool {
+        self.unanswered
+    }
+}
 
 /// Where rate-limit state and idempotency keys live.
 #[derive(Debug, Clone)]
@@ -208,48 +240,51 @@ impl RedisStore {
     }
 
     /// Runs `command` on the shared connection, connecting first if there is none; a
-    /// connection that failed is dropped, and the next call connects anew.
+    /// connection that failed is dropped, and the next call connects anew. Bounded by
+    /// the store timeout, timed, and keeping the health flag. While the store is marked
+    /// down, calls fail at once without waiting: the pinger brings it back.
     pub async fn run<T, F>(&self, op: &'static str, command: F) -> Result<T, StoreError>
     where
         F: AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
     {
-        self.call(op, self.connection.run(command)).await
-    }
-
-    /// Runs one Redis call under the store timeout, timing it and keeping the health
-    /// flag. While the store is marked down, calls fail at once without waiting: the
-    /// pinger brings it back.
-    pub async fn call<T, F>(&self, op: &'static str, call: F) -> Result<T, StoreError>
-    where
-        F: Future<Output = redis::RedisResult<T>>,
-    {
         if !self.is_up() {
             metrics::counter!(crate::metrics::STORE_ERRORS, "op" => op, "kind" => "down")
                 .increment(1);
-            return Err(StoreError(format!(
+            return Err(StoreError::new(format!(
                 "the shared store ({}) is unreachable",
                 self.target
             )));
         }
-        self.timed(op, call).await
+        let sent = AtomicBool::new(false);
+        self.timed(op, self.connection.run(command, &sent), &sent)
+            .await
     }
 
-    async fn timed<T, F>(&self, op: &'static str, call: F) -> Result<T, StoreError>
+    /// `call`, which has gone out to Redis once `sent` is set.
+    async fn timed<T, F>(
+        &self,
+        op: &'static str,
+        call: F,
+        sent: &AtomicBool,
+    ) -> Result<T, StoreError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, call).await;
         let elapsed = started.elapsed().as_secs_f64();
+        // The third member: whether Redis gave no answer of its own (an error reply is
+        // one: the call was refused, not carried out).
         let outcome = match result {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(("error", describe(&error))),
+            Ok(Err(error)) => Err(("error", describe(&error), error.code().is_none())),
             Err(_elapsed) => {
                 // A connection that does not answer may never answer: start afresh.
                 self.connection.reset();
                 Err((
                     "timeout",
                     format!("no answer within {} ms", self.timeout.as_millis()),
+                    true,
                 ))
             }
         };
@@ -261,14 +296,17 @@ impl RedisStore {
                 self.mark(true);
                 Ok(value)
             }
-            Err((kind, detail)) => {
+            Err((kind, detail, unanswered)) => {
                 metrics::counter!(crate::metrics::STORE_ERRORS, "op" => op, "kind" => kind)
                     .increment(1);
                 self.mark(false);
-                Err(StoreError(format!(
-                    "the shared store ({}) failed: {detail}",
-                    self.target
-                )))
+                let detail = format!("the shared store ({}) failed: {detail}", self.target);
+                // Sent and never answered: a stalled Redis may still carry it out.
+                Err(if unanswered && sent.load(Ordering::Relaxed) {
+                    StoreError::unanswered(detail)
+                } else {
+                    StoreError::new(detail)
+                })
             }
         }
     }
@@ -290,63 +328,13 @@ impl RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.timed(
-            "ping",
-            self.connection
-                .run(async |connection: &mut MultiplexedConnection| {
-                    redis::cmd("PING").query_async::<String>(connection).await
-                }),
-        )
-        .await
-        .map(drop)
-    }
-}
-
-/// The multiplexed connection, made on first use and again after a failure.
-struct Connection {
-    client: redis::Client,
-    config: AsyncConnectionConfig,
-    current: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-}
-
-impl Connection {
-    async fn get(&self) -> redis::RedisResult<MultiplexedConnection> {
-        // One connection attempt at a time; the others wait for it (within their timeout).
-        let mut current = self.current.lock().await;
-        if let Some(connection) = current.as_ref() {
-            return Ok(connection.clone());
-        }
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        *current = Some(connection.clone());
-        Ok(connection)
-    }
-
-    async fn run<T, F>(&self, command: F) -> redis::RedisResult<T>
-    where
-        F: AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
-    {
-        let mut connection = self.get().await?;
-        let result = command(&mut connection).await;
-        if let Err(error) = &result
-            && (error.is_io_error()
-                || error.is_connection_dropped()
-                || error.is_timeout()
-                || error.is_unrecoverable_error())
-        {
-            self.current.lock().await.take();
-        }
-        result
-    }
-
-    /// Drops the connection (after a timeout: it may be stuck), unless a connection
-    /// attempt is under way.
-    fn reset(&self) {
-        if let Ok(mut current) = self.current.try_lock() {
-            current.take();
-        }
+        let sent = AtomicBool::new(false);
+        let ping = async |connection: &mut MultiplexedConnection| {
+            redis::cmd("PING").query_async::<String>(connection).await
+        };
+        self.timed("ping", self.connection.run(ping, &sent), &sent)
+            .await
+            .map(drop)
     }
 }
 

@@ -169,6 +169,15 @@ pub fn log_failure(error: &ApiError) -> RequestOutcome {
             }
             outcome
         }
+        ApiError::QueueUnanswered { .. } => {
+            tracing::warn!(
+                "the queue's store took the message and did not answer in time: it may be queued"
+            );
+            RequestOutcome {
+                code: Some(error.code()),
+                ..RequestOutcome::new(DeliveryState::Unknown.as_str())
+            }
+        }
         other => {
             let fields = other.field_paths();
             let fields = (!fields.is_empty()).then(|| fields.join(", "));

@@ -22,8 +22,8 @@ use crate::domain::FieldError;
 use crate::domain::strict_json::parse_object;
 use crate::idempotency::{StoredAnswer, fingerprint};
 use crate::jelou::FlowRequest;
-use crate::queue::Message;
 use crate::queue::worker::log_change;
+use crate::queue::{Message, QueueError, QueueStore};
 
 /// A batch is two levels deeper than the message it holds.
 const BATCH_DEPTH: usize = 2;
@@ -33,7 +33,8 @@ const BATCH_DEPTH: usize = 2;
 pub struct BatchItem {
     /// Its position in `messages`.
     pub index: usize,
-    /// `queued` or `rejected`.
+    /// `queued` or `rejected`; `unknown` in a 503 whose store did not answer in time
+    /// (the item may be queued: look its id up).
     #[schema(example = "queued")]
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,7 +84,7 @@ pub struct BatchResponse {
         (status = 422, description = "`validation_failed`: `messages` empty or longer than `async.max_batch`, or no message valid (then with `items`); `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`rate_limited`: the caller's own rate (a batch is one request)", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "`async_disabled`: asynchronous sending is off; nothing was queued", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`overloaded`: the batch would pass `async.max_queued` (refused whole, with Retry-After), or the queue's store is unreachable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded`: the batch would pass `async.max_queued` (refused whole, with Retry-After), or the queue's store is unreachable; when the store took the batch and did not answer in time, delivery `unknown` and `items` with each message's id and status `unknown`: look them up before sending again", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn send_batch(State(state): State<AppState>, request: Request) -> Response {
@@ -189,11 +190,26 @@ async fn handle(
         let items = serde_json::to_value(&items).unwrap_or_default();
         problem_answer(ApiError::BatchRejected(items).into_problem(request_id))
     } else {
-        if let Err(error) = enqueue(state, &queue).await {
-            queued::release(state, reserved.as_ref()).await;
-            return Err(error);
+        let Some(store) = state.queue.as_deref() else {
+            return Err(ApiError::AsyncDisabled);
+        };
+        match enqueue(state, store, &queue).await {
+            Ok(()) => accepted(&queue, items),
+            Err(error) if error.may_have_run() => {
+                for item in items.iter_mut().filter(|item| item.id.is_some()) {
+                    item.status = "unknown";
+                }
+                let error = ApiError::QueueUnanswered {
+                    id: None,
+                    items: Some(serde_json::to_value(&items).unwrap_or_default()),
+                };
+                return Ok(queued::unanswered(state, reserved.as_ref(), error, request_id).await);
+            }
+            Err(error) => {
+                queued::release(state, reserved.as_ref()).await;
+                return Err(queued::refusal(error));
+            }
         }
-        accepted(&queue, items)
     };
     queued::complete(state, reserved.as_ref(), &answer).await;
     let outcome = if queue.is_empty() {
@@ -304,14 +320,14 @@ fn item_message(
     }
 }
 
-async fn enqueue(state: &AppState, messages: &[Message]) -> Result<(), ApiError> {
-    let Some(queue) = state.queue.as_ref() else {
-        return Err(ApiError::AsyncDisabled);
-    };
+async fn enqueue(
+    state: &AppState,
+    queue: &dyn QueueStore,
+    messages: &[Message],
+) -> Result<(), QueueError> {
     queue
         .enqueue(messages, state.asynchronous.max_queued)
-        .await
-        .map_err(queued::refusal)?;
+        .await?;
     for message in messages {
         log_change(message);
     }

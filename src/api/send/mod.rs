@@ -70,7 +70,7 @@ use schema::{
         (status = 422, description = "`validation_failed`, `unknown_bot`, `upstream_rejected` or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`rate_limited`: a bot or recipient rate limit, or Jelou, asks to slow down; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "`upstream_unavailable` or `upstream_auth_failed`; or `send_interrupted`: the replica that was sending with this Idempotency-Key stopped before recording an answer (delivery `unknown`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`overloaded` (the relay sheds load, the queue is full, or the shared store is unreachable with `fail_closed`; an asynchronous send is refused whenever its store is unreachable), or `upstream_unavailable` with Retry-After (Jelou said when to come back)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` (the relay sheds load, the queue is full, or the shared store is unreachable with `fail_closed`; an asynchronous send is refused whenever its store is unreachable, delivery `not_sent`; when the store took the message and did not answer in time, delivery `unknown` and the message's `id`: look it up before sending again), or `upstream_unavailable` with Retry-After (Jelou said when to come back)", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "`deadline_exceeded`", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::response::Response;
 use http::{HeaderMap, HeaderName};
 
-use super::answer::{answer_response, json_body};
+use super::answer::{answer_response, json_body, log_failure, problem_answer};
 use super::schema::{QueuedResponse, QueuedStatus};
 use crate::api::auth::Authenticated;
 use crate::api::observe::RequestOutcome;
@@ -97,6 +97,24 @@ pub fn refusal(error: QueueError) -> ApiError {
     }
 }
 
+/// The answer when the queue's store took messages and did not answer in time: they
+/// may be queued, and then will be sent, so their delivery is unknown. The key is used
+/// up, not freed: a retry with it is answered the same (or, when the store could not
+/// record the answer, as interrupted once the key's claim lapses), never queued again.
+pub async fn unanswered(
+    state: &AppState,
+    key: Option<&Reservation>,
+    error: ApiError,
+    request_id: &str,
+) -> Response {
+    let outcome = log_failure(&error);
+    let answer = problem_answer(error.into_problem(request_id));
+    complete(state, key, &answer).await;
+    let mut response = answer_response(answer, false);
+    response.extensions_mut().insert(outcome);
+    response
+}
+
 /// The 202 for a queued message, as stored for replay.
 pub fn accepted(message: &Message) -> StoredAnswer {
     let body = QueuedResponse {
@@ -164,6 +182,13 @@ pub async fn enqueue(
                 state.wake.notify_one();
             }
             accepted(&message)
+        }
+        Err(error) if error.may_have_run() => {
+            let error = ApiError::QueueUnanswered {
+                id: Some(message.id),
+                items: None,
+            };
+            return Ok(unanswered(state, key.as_ref(), error, &request.request_id).await);
         }
         Err(error) => {
             release(state, key.as_ref()).await;

@@ -127,7 +127,8 @@ impl RedisQueue {
 }
 
 fn encode(message: &Message) -> Result<String, StoreError> {
-    serde_json::to_string(message).map_err(|e| StoreError(format!("cannot encode a message: {e}")))
+    serde_json::to_string(message)
+        .map_err(|e| StoreError::new(format!("cannot encode a message: {e}")))
 }
 
 #[async_trait]
@@ -172,7 +173,7 @@ impl QueueStore for RedisQueue {
     ) -> Result<Option<u64>, QueueError> {
         let notice_json = match notice {
             Some(notice) => serde_json::to_string(notice)
-                .map_err(|e| StoreError(format!("cannot encode a notice: {e}")))?,
+                .map_err(|e| StoreError::new(format!("cannot encode a notice: {e}")))?,
             None => String::new(),
         };
         let (kind, at) = match placement {

@@ -79,7 +79,7 @@ impl RedisQueue {
         at: u64,
     ) -> Result<(), QueueError> {
         let json = serde_json::to_string(notice)
-            .map_err(|e| StoreError(format!("cannot encode a notice: {e}")))?;
+            .map_err(|e| StoreError::new(format!("cannot encode a notice: {e}")))?;
         let (outbox, key) = (self.outbox_key(), self.notice_key(&notice.id));
         self.store
             .run("callbacks", async |c: &mut MultiplexedConnection| {

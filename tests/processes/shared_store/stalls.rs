@@ -136,3 +136,175 @@ async fn fail_open_an_answer_kept_during_a_stall_reaches_the_other_replicas() {
     assert_eq!(body["status"], "sent");
     assert_eq!(upstream.calls(), 3, "Jelou is not called again");
 }
+
+/// Waits until the queued message `id` is `sent`.
+async fn until_sent(app: &TestApp, id: &str) {
+    let started = Instant::now();
+    loop {
+        let response = app
+            .client
+            .get(app.url(&format!("/v1/flow-messages/{id}")))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status == 200 && body["status"] == "sent" {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_batch_a_stalled_queue_took_is_answered_unknown_and_sent_once() {
+    if !redis_available() {
+        return;
+    }
+    let upstream = Upstream::start(Duration::ZERO).await;
+    let redis = RedisServer::start();
+    let mut settings = settings_for(&upstream.uri);
+    settings.store.failure_mode = FailureMode::FailClosed;
+    use_redis(&mut settings, &redis);
+    let app = spawn_with(settings).await;
+    let url = app.url("/v1/flow-messages/batch");
+    let batch = |messages: Vec<Value>| json!({ "messages": messages });
+    // Warm: the queue's scripts are loaded, so the stalled call is the enqueue itself.
+    let (status, _, warm) = post(&app.client, &url, &batch(vec![message_to(0)]), &[]).await;
+    assert_eq!(status, 202, "{warm}");
+    until_sent(&app, warm["items"][0]["id"].as_str().unwrap()).await;
+
+    // Without a key and paced by the worker, a batch's first call to Redis is the
+    // enqueue: it goes out, and Redis, stopped, does not answer within store.timeout_ms.
+    let messages = batch(vec![message_to(1), message_to(2)]);
+    let (status, _, problem) = stalled(&redis, post(&app.client, &url, &messages, &[])).await;
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["code"], "overloaded");
+    assert_eq!(
+        problem["delivery"], "unknown",
+        "the batch may be queued: {problem}"
+    );
+    assert_eq!(problem["retryable"], false);
+    let items = problem["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(
+        items.iter().all(|item| item["status"] == "unknown"),
+        "{problem}"
+    );
+
+    // Redis carries the enqueue out when it resumes: each message is sent, once.
+    until_store_up(&app).await;
+    for item in items {
+        until_sent(&app, item["id"].as_str().unwrap()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upstream.per_path().len(), 3, "{:?}", upstream.per_path());
+    assert_eq!(upstream.calls(), 3, "nothing is sent twice");
+}
+
+/// A TCP proxy in front of Redis that loses one answer: once a request carrying
+/// `marker` has passed on to Redis (which carries it out), nothing more comes back on
+/// that connection. Later connections pass everything.
+async fn answer_losing_proxy(redis_port: u16, marker: &'static [u8]) -> u16 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let armed = Arc::new(AtomicBool::new(true));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+                .await
+                .unwrap();
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            let losing = Arc::new(AtomicBool::new(false));
+            let (armed, lose) = (armed.clone(), losing.clone());
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 * 1024];
+                while let Ok(n) = from_client.read(&mut buffer).await {
+                    let chunk = &buffer[..n];
+                    if n == 0 {
+                        break;
+                    }
+                    if chunk.windows(marker.len()).any(|w| w == marker)
+                        && armed.swap(false, Ordering::SeqCst)
+                    {
+                        lose.store(true, Ordering::SeqCst);
+                    }
+                    if to_server.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 * 1024];
+                while let Ok(n) = from_server.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if !losing.load(Ordering::SeqCst)
+                        && to_client.write_all(&buffer[..n]).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_message_whose_enqueue_answer_was_lost_is_unknown_and_its_key_used_up() {
+    if !redis_available() {
+        return;
+    }
+    let upstream = Upstream::start(Duration::ZERO).await;
+    let redis = RedisServer::start();
+    let mut settings = settings_for(&upstream.uri);
+    settings.store.failure_mode = FailureMode::FailClosed;
+    use_redis(&mut settings, &redis);
+    // The recipient's digits travel only in the queued record: the enqueue is the call
+    // whose answer is lost.
+    let proxy = answer_losing_proxy(redis.port, b"593987600001").await;
+    settings.store.redis_url = Some(format!("redis://127.0.0.1:{proxy}/0").into());
+    let app = spawn_with(settings).await;
+    let queue = |i: usize, key: &'static str| {
+        let (client, url) = (app.client.clone(), app.url("/v1/flow-messages"));
+        async move {
+            let headers = [("prefer", "respond-async"), ("idempotency-key", key)];
+            post(&client, &url, &message_to(i), &headers).await
+        }
+    };
+    let (status, _, warm) = queue(0, "warm").await;
+    assert_eq!(status, 202, "{warm}");
+    until_sent(&app, warm["id"].as_str().unwrap()).await;
+
+    let (status, headers, problem) = queue(1, "lost").await;
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["code"], "overloaded");
+    assert_eq!(problem["delivery"], "unknown", "{problem}");
+    assert!(headers.get("retry-after").is_none());
+    let id = problem["id"]
+        .as_str()
+        .expect("the message's id")
+        .to_string();
+    assert!(problem["detail"].as_str().unwrap().contains(&id));
+
+    // Redis queued it: it is sent, once.
+    until_store_up(&app).await;
+    until_sent(&app, &id).await;
+
+    // The key is used up: a retry gets the same answer and queues nothing.
+    let (status, headers, replayed) = queue(1, "lost").await;
+    assert_eq!(status, 503, "{replayed}");
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(replayed["id"], id.as_str());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upstream.calls(), 2, "nothing is sent twice");
+}
