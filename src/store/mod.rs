@@ -52,6 +52,15 @@ impl StoreError {
         }
     }
 
+    /// The same failure, for a caller whose own write had not gone out yet: what the
+    /// call may still do (create a stream's group, say) changes nothing it promises.
+    pub fn before_the_write(self) -> StoreError {
+        StoreError {
+            unanswered: false,
+            ..self
+        }
+    }
+
     /// Whether the store may still carry the call out: it went out and no answer came
     /// within `store.timeout_ms`. A connection that fails, or an error Redis answers,
     /// is taken as a call not carried out.

@@ -134,7 +134,10 @@ fn encode(message: &Message) -> Result<String, StoreError> {
 #[async_trait]
 impl QueueStore for RedisQueue {
     async fn enqueue(&self, messages: &[Message], max_queued: usize) -> Result<(), QueueError> {
-        self.ensure_group().await?;
+        // Nothing is queued yet: a group created late changes nothing.
+        self.ensure_group()
+            .await
+            .map_err(StoreError::before_the_write)?;
         let now = super::message::now_ms();
         let retention_ms = self.retention.as_millis() as u64;
         let rows = messages
