@@ -99,8 +99,8 @@ pub fn refusal(error: QueueError) -> ApiError {
 
 /// The answer when the queue's store took messages and did not answer in time: they
 /// may be queued, and then will be sent, so their delivery is unknown. The key is used
-/// up, not freed: a retry with it is answered the same (or, when the store could not
-/// record the answer, as interrupted once the key's claim lapses), never queued again.
+/// up, not freed: a retry with it replays this answer (kept on this replica, and
+/// written to the store for the others once it answers) and never queues them again.
 pub async fn unanswered(
     state: &AppState,
     key: Option<&Reservation>,
