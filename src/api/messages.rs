@@ -11,7 +11,7 @@ use super::problem::{ApiError, Problem};
 use super::request_id::RequestId;
 use super::state::AppState;
 use crate::queue::worker::log_change;
-use crate::queue::{Message, MessageStatus, Placement, QueueStore, Status};
+use crate::queue::{Message, MessageStatus, Placement, QueueError, QueueStore, Status};
 
 /// How often a cancel reads again after the worker changed the message under it.
 const CANCEL_TRIES: usize = 5;
@@ -86,13 +86,24 @@ pub async fn cancel_message(
                 }
                 // The worker moved it meanwhile: look again.
                 Ok(None) => continue,
-                Err(error) => return Err(super::send::queue_refusal(error)),
+                Err(error) => return Err(store_failed(error)),
             }
         }
         Err(ApiError::NotCancelable(Status::Sending.as_str()))
     }
     .await;
     respond(result, &request_id)
+}
+
+/// A store failure while reading or canceling a message: 503 `overloaded`, and whether
+/// a cancellation the store took may have been made.
+fn store_failed(error: QueueError) -> ApiError {
+    tracing::warn!(%error, "the queue's store failed");
+    ApiError::StoreUnavailable(if error.may_have_run() {
+        "the queue's store took the change and did not answer in time: it may have been made; GET the message to see its status".into()
+    } else {
+        "the queue's store is unreachable; retry shortly".into()
+    })
 }
 
 fn scope<'a>(
@@ -113,7 +124,7 @@ async fn find(
     let message = queue
         .get(id)
         .await
-        .map_err(super::send::queue_refusal)?
+        .map_err(store_failed)?
         .ok_or(ApiError::MessageNotFound)?;
     if message.caller != caller.name() {
         return Err(ApiError::MessageNotFound);

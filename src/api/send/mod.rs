@@ -28,7 +28,6 @@ use answer::{answer_response, deliver, log_failure};
 pub use batch::send_batch;
 pub use input::TIMEOUT_HEADER;
 use keys::Claim;
-pub use queued::refusal as queue_refusal;
 use schema::{
     FlowMessageRequest, QueuedResponse, SendOutcome, SendParams, ValidatedResponse, ValidatedStatus,
 };
