@@ -2,7 +2,7 @@
 //! object through every state, cancellation, expiry, pacing without head-of-line
 //! blocking, and the rule that a message whose fate is unknown is never sent again.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use jelou_relay::config::{CallerSettings, Settings};
@@ -53,34 +53,7 @@ pub(crate) async fn queue(app: &TestApp, body: &Value, headers: &[(&str, &str)])
     answer
 }
 
-pub(crate) async fn status(app: &TestApp, id: &str) -> (u16, Value) {
-    let response = app
-        .client
-        .get(app.url(&format!("/v1/flow-messages/{id}")))
-        .send()
-        .await
-        .unwrap();
-    let code = response.status().as_u16();
-    (code, response.json().await.unwrap())
-}
-
-/// Polls the status until it is final (or `wanted`); generous for loaded machines.
-pub(crate) async fn settled(app: &TestApp, id: &str, wanted: &str) -> Value {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (code, body) = status(app, id).await;
-        assert_eq!(code, 200, "{body}");
-        let now = body["status"].as_str().unwrap_or_default().to_string();
-        if now == wanted
-            || ["sent", "failed", "unknown", "expired", "canceled"].contains(&now.as_str())
-        {
-            assert_eq!(now, wanted, "{body}");
-            return body;
-        }
-        assert!(Instant::now() < until, "still {now}: {body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub(crate) use crate::common::{settled, status};
 
 pub(crate) async fn calls(jelou: &MockServer) -> usize {
     jelou.received_requests().await.unwrap_or_default().len()

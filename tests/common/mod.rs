@@ -1,6 +1,7 @@
 //! Shared test harness: the real application on port 0, wiremock standing in for Jelou.
 #![allow(dead_code)]
 
+pub mod messages;
 pub mod redis_server;
 
 use std::path::Path;
@@ -8,6 +9,8 @@ use std::sync::Once;
 
 use jelou_relay::app::Application;
 use jelou_relay::config::{BotSettings, Environment, Settings, StoreBackend, UpstreamMode};
+#[allow(unused_imports)]
+pub use messages::{settled, status};
 #[allow(unused_imports)]
 pub use redis_server::{RedisServer, redis_available};
 use secrecy::SecretString;

@@ -137,29 +137,6 @@ async fn fail_open_an_answer_kept_during_a_stall_reaches_the_other_replicas() {
     assert_eq!(upstream.calls(), 3, "Jelou is not called again");
 }
 
-/// Waits until the queued message `id` is `sent`.
-async fn until_sent(app: &TestApp, id: &str) {
-    let started = Instant::now();
-    loop {
-        let response = app
-            .client
-            .get(app.url(&format!("/v1/flow-messages/{id}")))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status == 200 && body["status"] == "sent" {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_batch_a_stalled_queue_took_is_answered_unknown_and_sent_once() {
     if !redis_available() {
@@ -176,7 +153,7 @@ async fn a_batch_a_stalled_queue_took_is_answered_unknown_and_sent_once() {
     // Warm: the queue's scripts are loaded, so the stalled call is the enqueue itself.
     let (status, _, warm) = post(&app.client, &url, &batch(vec![message_to(0)]), &[]).await;
     assert_eq!(status, 202, "{warm}");
-    until_sent(&app, warm["items"][0]["id"].as_str().unwrap()).await;
+    settled(&app, warm["items"][0]["id"].as_str().unwrap(), "sent").await;
 
     // Without a key and paced by the worker, a batch's first call to Redis is the
     // enqueue: it goes out, and Redis, stopped, does not answer within store.timeout_ms.
@@ -199,7 +176,7 @@ async fn a_batch_a_stalled_queue_took_is_answered_unknown_and_sent_once() {
     // Redis carries the enqueue out when it resumes: each message is sent, once.
     until_store_up(&app).await;
     for item in items {
-        until_sent(&app, item["id"].as_str().unwrap()).await;
+        settled(&app, item["id"].as_str().unwrap(), "sent").await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(upstream.per_path().len(), 3, "{:?}", upstream.per_path());
@@ -283,7 +260,7 @@ async fn a_message_whose_enqueue_answer_was_lost_is_unknown_and_its_key_used_up(
     };
     let (status, _, warm) = queue(0, "warm").await;
     assert_eq!(status, 202, "{warm}");
-    until_sent(&app, warm["id"].as_str().unwrap()).await;
+    settled(&app, warm["id"].as_str().unwrap(), "sent").await;
 
     let (status, headers, problem) = queue(1, "lost").await;
     assert_eq!(status, 503, "{problem}");
@@ -298,7 +275,7 @@ async fn a_message_whose_enqueue_answer_was_lost_is_unknown_and_its_key_used_up(
 
     // Redis queued it: it is sent, once.
     until_store_up(&app).await;
-    until_sent(&app, &id).await;
+    settled(&app, &id, "sent").await;
 
     // The key is used up: a retry gets the same answer and queues nothing.
     let (status, headers, replayed) = queue(1, "lost").await;
