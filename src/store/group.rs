@@ -78,7 +78,9 @@ async fn write<G: Grouped>(calls: G, mut received: mpsc::UnboundedReceiver<Pendi
         }
         let result = match calls.call(&items).await {
             Ok(answered) if answered.len() == items.len() => Ok(answered),
-            Ok(answered) => Err(StoreError::new(format!(
+            // The call ran, so its writes may have been made: what it answered cannot
+            // say which.
+            Ok(answered) => Err(StoreError::unanswered(format!(
                 "a grouped call answered {} of {} items",
                 answered.len(),
                 items.len()
@@ -98,5 +100,32 @@ async fn write<G: Grouped>(calls: G, mut received: mpsc::UnboundedReceiver<Pendi
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers one item fewer than it was given.
+    struct Short;
+
+    impl Grouped for Short {
+        type Item = u8;
+        type Answer = u8;
+        fn weight(_: &u8) -> usize {
+            1
+        }
+        async fn call(&self, items: &[u8]) -> Result<Vec<u8>, StoreError> {
+            Ok(items[1..].to_vec())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_that_answers_the_wrong_count_may_have_run() {
+        let group = GroupCommit::start(Short, &tokio::runtime::Handle::current());
+        let error = group.submit(7).await.unwrap_err();
+        assert!(error.may_have_run(), "{error:?}");
+        assert!(error.to_string().contains("answered 0 of 1"), "{error}");
     }
 }

@@ -30,8 +30,8 @@ const PING_INTERVAL: Duration = Duration::from_millis(500);
 #[error("{detail}")]
 pub struct StoreError {
     detail: String,
-    /// The call went out and no answer came in time: a stalled Redis may still carry
-    /// it out when it resumes.
+    /// The call went out and no answer came in time (a stalled Redis may still carry
+    /// it out when it resumes), or the answer could not be read.
     unanswered: bool,
 }
 
@@ -44,7 +44,8 @@ impl StoreError {
         }
     }
 
-    /// A call that went out and was not answered in time.
+    /// A call that went out and was not answered in time, or whose answer could not be
+    /// read.
     fn unanswered(detail: String) -> StoreError {
         StoreError {
             detail,
