@@ -1,6 +1,8 @@
 //! What a Redis stall leaves behind, settled when Redis is back: a claim that landed after
 //! its request was answered `not_sent` is taken back, and an answer a replica kept to
-//! itself reaches the others. Two relays share one redis-server.
+//! itself reaches the others. Two relays share one redis-server. An acceptance whose
+//! enqueue went out unanswered is `unknown` and sent once; one stalled before its write
+//! is `not_sent` and queues nothing.
 
 use super::*;
 use jelou_relay::config::FailureMode;
@@ -284,4 +286,61 @@ async fn a_message_whose_enqueue_answer_was_lost_is_unknown_and_its_key_used_up(
     assert_eq!(replayed["id"], id.as_str());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(upstream.calls(), 2, "nothing is sent twice");
+}
+
+/// The queue's stream group is made before the first enqueue. When that call goes out
+/// and is not answered, the messages never went: not_sent, and truly nothing queued.
+#[tokio::test]
+async fn a_batch_stalled_before_its_write_is_not_sent_and_nothing_is_queued() {
+    if !redis_available() {
+        return;
+    }
+    let upstream = Upstream::start(Duration::ZERO).await;
+    let redis = RedisServer::start();
+    let mut settings = settings_for(&upstream.uri);
+    settings.store.failure_mode = FailureMode::FailClosed;
+    use_redis(&mut settings, &redis);
+    // Writes wait and reads are answered: the store stays up, but the queue's stream
+    // group (a write, made once before the first enqueue) cannot be made.
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "30000", "WRITE"]), "OK");
+    let app = spawn_with(settings).await;
+    // A batch is paced by the worker, not at acceptance: its first call is the enqueue.
+    let url = app.url("/v1/flow-messages/batch");
+    let batch = json!({ "messages": [message_to(1)] });
+
+    // The worker's own attempts at the group time out too and mark the store down for
+    // a moment, when an acceptance is refused at once: try until the acceptance's own
+    // call went out and waited out store.timeout_ms (200 ms).
+    let started = Instant::now();
+    let (status, headers, problem) = loop {
+        until_store_up(&app).await;
+        // A call refused at once returns well within 200 ms; a slow one on a loaded
+        // machine only ends the loop early, and then the answer is not_sent all the same.
+        let sent = Instant::now();
+        let answer = post(&app.client, &url, &batch, &[]).await;
+        if answer.0 != 503 || sent.elapsed() >= Duration::from_millis(200) {
+            break answer;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{}", answer.2);
+    };
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["code"], "overloaded");
+    assert_eq!(
+        problem["delivery"], "not_sent",
+        "the group went out, the message did not: {problem}"
+    );
+    assert_eq!(problem["retryable"], true, "{problem}");
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    assert!(problem.get("id").is_none(), "{problem}");
+
+    // Redis makes the group when the pause ends; nothing was queued, so nothing is sent
+    // until the message is sent again.
+    assert_eq!(redis.cli(&["CLIENT", "UNPAUSE"]), "OK");
+    until_store_up(&app).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upstream.calls(), 0, "the refused acceptance queued nothing");
+    let (status, _, accepted) = post(&app.client, &url, &batch, &[]).await;
+    assert_eq!(status, 202, "{accepted}");
+    settled(&app, accepted["items"][0]["id"].as_str().unwrap(), "sent").await;
+    assert_eq!(upstream.calls(), 1);
 }
