@@ -5,14 +5,20 @@
 //! is `not_sent` and queues nothing.
 
 use super::*;
-use jelou_relay::config::FailureMode;
+use jelou_relay::config::{FailureMode, Settings};
+
+/// A relay's settings on `redis`, in failure `mode`, sending to `upstream`.
+fn on_redis(upstream: &Upstream, redis: &RedisServer, mode: FailureMode) -> Settings {
+    let mut settings = settings_for(&upstream.uri);
+    settings.store.failure_mode = mode;
+    use_redis(&mut settings, redis);
+    settings
+}
 
 /// Two relays on one fresh redis-server, both connected.
 async fn two_replicas(upstream: &Upstream, mode: FailureMode) -> (TestApp, TestApp) {
     let redis = RedisServer::start();
-    let mut settings = settings_for(&upstream.uri);
-    settings.store.failure_mode = mode;
-    use_redis(&mut settings, &redis);
+    let settings = on_redis(upstream, &redis, mode);
     let first = spawn_with(settings.clone()).await;
     let mut second = spawn_with(settings).await;
     // Keyed, so that both have loaded the claim script: a claim sent during the stall is
@@ -146,9 +152,7 @@ async fn a_batch_a_stalled_queue_took_is_answered_unknown_and_sent_once() {
     }
     let upstream = Upstream::start(Duration::ZERO).await;
     let redis = RedisServer::start();
-    let mut settings = settings_for(&upstream.uri);
-    settings.store.failure_mode = FailureMode::FailClosed;
-    use_redis(&mut settings, &redis);
+    let settings = on_redis(&upstream, &redis, FailureMode::FailClosed);
     let app = spawn_with(settings).await;
     let url = app.url("/v1/flow-messages/batch");
     let batch = |messages: Vec<Value>| json!({ "messages": messages });
@@ -245,9 +249,7 @@ async fn a_message_whose_enqueue_answer_was_lost_is_unknown_and_its_key_used_up(
     }
     let upstream = Upstream::start(Duration::ZERO).await;
     let redis = RedisServer::start();
-    let mut settings = settings_for(&upstream.uri);
-    settings.store.failure_mode = FailureMode::FailClosed;
-    use_redis(&mut settings, &redis);
+    let mut settings = on_redis(&upstream, &redis, FailureMode::FailClosed);
     // The recipient's digits travel only in the queued record: the enqueue is the call
     // whose answer is lost.
     let proxy = answer_losing_proxy(redis.port, b"593987600001").await;
@@ -297,9 +299,7 @@ async fn a_batch_stalled_before_its_write_is_not_sent_and_nothing_is_queued() {
     }
     let upstream = Upstream::start(Duration::ZERO).await;
     let redis = RedisServer::start();
-    let mut settings = settings_for(&upstream.uri);
-    settings.store.failure_mode = FailureMode::FailClosed;
-    use_redis(&mut settings, &redis);
+    let settings = on_redis(&upstream, &redis, FailureMode::FailClosed);
     // Writes wait and reads are answered: the store stays up, but the queue's stream
     // group (a write, made once before the first enqueue) cannot be made.
     assert_eq!(redis.cli(&["CLIENT", "PAUSE", "30000", "WRITE"]), "OK");
